@@ -1,0 +1,400 @@
+"""Tests of the synthetic detection dataset (iou_aware/data/synthetic.py, tools/generate_synthetic.py)."""
+
+import contextlib
+import importlib.util
+import io
+import json
+import logging
+import os
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pycocotools_mask = pytest.importorskip("pycocotools.mask")
+from pycocotools.coco import COCO  # noqa: E402
+
+from iou_aware.data import synthetic  # noqa: E402
+from iou_aware.data.synthetic import (  # noqa: E402
+    CLASS_NAMES,
+    SyntheticShapesParams,
+    dataset_dir,
+    generate_synthetic_dataset,
+    mask_to_bbox,
+    render_sample,
+    sample_rng,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = (96, 112)  # (H, W): non-square, to catch x/y mix-ups
+
+
+def _read_split(json_path, image_dir):
+    with open(json_path, "rb") as f:
+        blobs = {"annotations.json": f.read()}
+    for name in sorted(os.listdir(image_dir)):
+        with open(os.path.join(image_dir, name), "rb") as f:
+            blobs[name] = f.read()
+    return blobs
+
+
+@pytest.fixture(scope="module")
+def small_split(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    json_path, image_dir = generate_synthetic_dataset(str(root), "train", 12, SIZE, seed=3)
+    return json_path, image_dir
+
+
+# --------------------------------------------------------------------------------------------
+# Determinism
+# --------------------------------------------------------------------------------------------
+
+
+def test_same_seed_same_bytes_different_seed_differs(tmp_path):
+    a = _read_split(*generate_synthetic_dataset(str(tmp_path / "a"), "train", 5, SIZE, seed=7))
+    b = _read_split(*generate_synthetic_dataset(str(tmp_path / "b"), "train", 5, SIZE, seed=7))
+    assert a.keys() == b.keys() and len(a) == 6  # json + 5 PNGs
+    for name in a:
+        assert a[name] == b[name], name
+
+    c = _read_split(*generate_synthetic_dataset(str(tmp_path / "c"), "train", 5, SIZE, seed=8))
+    assert c["annotations.json"] != a["annotations.json"]
+    assert all(c[name] != a[name] for name in a if name.endswith(".png"))
+
+    # train and val of the same base seed use different streams
+    v = _read_split(*generate_synthetic_dataset(str(tmp_path / "a"), "val", 5, SIZE, seed=7))
+    a_imgs = {a[n] for n in a if n.endswith(".png")}
+    assert not a_imgs & {v[n] for n in v if n.endswith(".png")}
+
+
+def test_first_images_do_not_depend_on_image_count(tmp_path):
+    short = _read_split(*generate_synthetic_dataset(str(tmp_path), "val", 2, SIZE, seed=1))
+    long = _read_split(*generate_synthetic_dataset(str(tmp_path), "val", 4, SIZE, seed=1))
+    for name in ("val_000000.png", "val_000001.png"):
+        assert short[name] == long[name]
+
+
+def test_render_sample_is_deterministic():
+    p = SyntheticShapesParams(image_size=SIZE)
+    img1, objs1 = render_sample(sample_rng(0, "train", 5), p)
+    img2, objs2 = render_sample(sample_rng(0, "train", 5), p)
+    assert np.array_equal(img1, img2)
+    assert [o.category_id for o in objs1] == [o.category_id for o in objs2]
+    assert all(np.array_equal(o1.visible_mask, o2.visible_mask) for o1, o2 in zip(objs1, objs2))
+
+
+# --------------------------------------------------------------------------------------------
+# Valid COCO, tight boxes
+# --------------------------------------------------------------------------------------------
+
+
+def test_valid_coco_json(small_split):
+    json_path, image_dir = small_split
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        coco = COCO(json_path)
+    h, w = SIZE
+
+    cats = coco.loadCats(coco.getCatIds())
+    assert [c["id"] for c in cats] == list(range(1, len(CLASS_NAMES) + 1))
+    assert [c["name"] for c in cats] == list(CLASS_NAMES)
+
+    imgs = coco.loadImgs(coco.getImgIds())
+    assert len(imgs) == 12
+    for im in imgs:
+        assert (im["height"], im["width"]) == (h, w)
+        path = os.path.join(image_dir, im["file_name"])
+        with Image.open(path) as pil:
+            assert pil.mode == "RGB" and pil.size == (w, h)
+        assert len(coco.getAnnIds(imgIds=[im["id"]])) >= 1  # every image has an object
+
+    with open(json_path) as f:
+        raw = json.load(f)
+    ann_ids = [a["id"] for a in raw["annotations"]]
+    assert len(ann_ids) == len(set(ann_ids)) and min(ann_ids) >= 1
+    for ann in raw["annotations"]:
+        x, y, bw, bh = ann["bbox"]
+        assert all(isinstance(v, int) for v in ann["bbox"])
+        assert x >= 0 and y >= 0 and bw >= 1 and bh >= 1
+        assert x + bw <= w and y + bh <= h
+        assert ann["iscrowd"] == 0
+        assert 1 <= ann["category_id"] <= len(CLASS_NAMES)
+        mask = pycocotools_mask.decode(ann["segmentation"]).astype(bool)
+        assert mask.shape == (h, w)
+        assert ann["area"] == int(mask.sum())
+        # box == tight box of the visible mask, by our helper and by pycocotools' own
+        assert ann["bbox"] == mask_to_bbox(mask)
+        assert np.allclose(pycocotools_mask.toBbox(ann["segmentation"]), ann["bbox"])
+
+
+def test_boxes_tight_to_visible_pixels_of_the_image(small_split):
+    """Re-render each image: the PNG holds the rendered pixels, the json boxes are the tight
+    boxes of the visible masks, the masks carry the object colour, occlusion rule holds."""
+    json_path, image_dir = small_split
+    with open(json_path) as f:
+        raw = json.load(f)
+    by_image = {}
+    for ann in raw["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    p = SyntheticShapesParams(image_size=SIZE)
+    n_occluded = 0
+    for index, im in enumerate(raw["images"]):
+        image, objects = render_sample(sample_rng(3, "train", index), p)
+        png = np.asarray(Image.open(os.path.join(image_dir, im["file_name"])).convert("RGB"))
+        assert np.array_equal(png, image)
+        anns = by_image[im["id"]]
+        assert len(anns) == len(objects)
+        owned = np.zeros(SIZE, dtype=int)
+        for ann, obj in zip(anns, objects):
+            m = obj.visible_mask
+            owned += m
+            assert ann["category_id"] == obj.category_id
+            x, y, bw, bh = ann["bbox"]
+            # no visible pixel outside the box, and each of the 4 border lines touches one
+            inside = np.zeros_like(m)
+            inside[y : y + bh, x : x + bw] = True
+            assert not (m & ~inside).any()
+            assert m[y, x : x + bw].any() and m[y + bh - 1, x : x + bw].any()
+            assert m[y : y + bh, x].any() and m[y : y + bh, x + bw - 1].any()
+            # the visible pixels show the object's colour (up to the additive noise)
+            mean = png[m].astype(float).mean(axis=0)
+            assert np.abs(mean - np.array(obj.color)).max() < 12, (mean, obj.color)
+            # occlusion rule
+            assert ann["area"] >= p.min_visible_frac * obj.drawn_area
+            n_occluded += ann["area"] < obj.drawn_area
+        assert owned.max() <= 1  # visible masks are disjoint
+    assert n_occluded > 0
+
+
+def test_mask_to_bbox_convention():
+    m = np.zeros((10, 20), dtype=bool)
+    m[2:5, 7:8] = True  # rows 2..4, column 7
+    assert mask_to_bbox(m) == [7, 2, 1, 3]
+    rle = pycocotools_mask.encode(np.asfortranarray(m.astype(np.uint8)))
+    assert list(pycocotools_mask.toBbox(rle)) == [7, 2, 1, 3]
+    with pytest.raises(ValueError):
+        mask_to_bbox(np.zeros((4, 4), dtype=bool))
+
+
+def test_scale_and_aspect_ratio_spread():
+    p = SyntheticShapesParams(image_size=(128, 128))
+    boxes, classes, counts = [], set(), []
+    for i in range(200):
+        _, objects = render_sample(sample_rng(0, "spread", i), p)
+        counts.append(len(objects))
+        for o in objects:
+            boxes.append(o.bbox)
+            classes.add(o.category_id)
+    b = np.array(boxes, dtype=float)
+    long_side = np.maximum(b[:, 2], b[:, 3])
+    aspect = long_side / np.minimum(b[:, 2], b[:, 3])
+    assert classes == set(range(1, len(CLASS_NAMES) + 1))
+    assert (aspect > 4).sum() >= 20  # thin objects, both orientations
+    assert ((b[:, 2] / b[:, 3]) > 4).any() and ((b[:, 3] / b[:, 2]) > 4).any()
+    assert (long_side < 12).sum() >= 50  # small objects
+    assert (long_side > 64).sum() >= 10  # large objects (> half the image)
+    assert min(counts) >= 1 and max(counts) <= 8 and max(counts) >= 7
+
+
+# --------------------------------------------------------------------------------------------
+# Folder naming and reuse
+# --------------------------------------------------------------------------------------------
+
+
+def test_folder_name_encodes_parameters(tmp_path):
+    root = str(tmp_path)
+    base = dataset_dir(root, "train", 10, SIZE, seed=0)
+    assert os.path.basename(base).startswith(f"train_n10_{SIZE[0]}x{SIZE[1]}_seed0_")
+    others = {
+        dataset_dir(root, "val", 10, SIZE, seed=0),
+        dataset_dir(root, "train", 11, SIZE, seed=0),
+        dataset_dir(root, "train", 10, (SIZE[0], SIZE[1] + 1), seed=0),
+        dataset_dir(root, "train", 10, SIZE, seed=1),
+        dataset_dir(root, "train", 10, params=SyntheticShapesParams(SIZE, max_objects=3)),
+    }
+    assert base not in others and len(others) == 5
+
+
+def test_existing_split_is_reused_and_overwrite_regenerates(tmp_path):
+    json_path, image_dir = generate_synthetic_dataset(str(tmp_path), "val", 2, SIZE, seed=0)
+    out_dir = os.path.dirname(json_path)
+    with open(os.path.join(out_dir, "manifest.json")) as f:
+        manifest = json.load(f)
+    assert manifest["num_images"] == 2 and manifest["seed"] == 0
+    assert manifest["params"]["image_size"] == list(SIZE)
+    os.utime(json_path, (0, 0))
+    assert generate_synthetic_dataset(str(tmp_path), "val", 2, SIZE, seed=0) == (
+        json_path,
+        image_dir,
+    )
+    assert os.path.getmtime(json_path) == 0  # reused, not rewritten
+    generate_synthetic_dataset(str(tmp_path), "val", 2, SIZE, seed=0, overwrite=True)
+    assert os.path.getmtime(json_path) != 0
+    # no temporary folders left behind
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(out_dir)]
+
+
+def test_default_root_env_var(monkeypatch, tmp_path):
+    monkeypatch.setenv("IOU_AWARE_DATASETS", str(tmp_path))
+    assert synthetic.default_root() == os.path.join(str(tmp_path), "synthetic_shapes")
+    monkeypatch.delenv("IOU_AWARE_DATASETS")
+    assert synthetic.default_root() == os.path.abspath(os.path.join("datasets", "synthetic_shapes"))
+
+
+def test_cli(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "generate_synthetic", os.path.join(REPO, "tools", "generate_synthetic.py")
+    )
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    cli.main(
+        ["--root", str(tmp_path), "--num-train", "2", "--num-val", "1", "--image-size", "48x64"]
+    )
+    out = capsys.readouterr().out
+    train_json = os.path.join(
+        dataset_dir(str(tmp_path), "train", 2, (48, 64), seed=0), "annotations.json"
+    )
+    val_json = os.path.join(
+        dataset_dir(str(tmp_path), "val", 1, (48, 64), seed=0), "annotations.json"
+    )
+    assert train_json in out and val_json in out
+    assert os.path.isfile(train_json) and os.path.isfile(val_json)
+
+
+# --------------------------------------------------------------------------------------------
+# Detectron2: load_coco_json without warnings, registration
+# --------------------------------------------------------------------------------------------
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _no_warnings():
+    """Fail on any Python warning or any WARNING+ record of Detectron2's loggers.
+
+    The handler is attached to the loggers directly, since Detectron2's ``setup_logger``
+    (called by training code in the same process) stops propagation to the root logger.
+    """
+    handler = _Collect()
+    loggers = [logging.getLogger(n) for n in ("detectron2", "detectron2.data.datasets.coco")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            yield
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+    assert not handler.records, [r.getMessage() for r in handler.records]
+
+
+def test_load_coco_json_without_warnings(small_split):
+    pytest.importorskip("detectron2")
+    from detectron2.data import MetadataCatalog
+    from detectron2.data.datasets.coco import load_coco_json
+    from detectron2.structures import BoxMode
+
+    json_path, image_dir = small_split
+    name = "synthetic_shapes_test_load_only"
+    try:
+        with _no_warnings():
+            dicts = load_coco_json(json_path, image_dir, name)
+        assert len(dicts) == 12
+        for d in dicts:
+            assert os.path.isfile(d["file_name"])
+            assert (d["height"], d["width"]) == SIZE
+            assert d["annotations"]
+            for a in d["annotations"]:
+                assert a["bbox_mode"] == BoxMode.XYWH_ABS
+                assert 0 <= a["category_id"] < len(CLASS_NAMES)
+                assert isinstance(a["segmentation"], dict)
+        assert MetadataCatalog.get(name).thing_classes == list(CLASS_NAMES)
+    finally:
+        MetadataCatalog.remove(name)
+
+
+@pytest.fixture
+def restore_registration():
+    """Put back whatever synthetic_shapes_* registration existed before the test."""
+    pytest.importorskip("detectron2")
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    names = list(synthetic.SYNTHETIC_DATASET_NAMES.values())
+    saved = {}
+    for n in names:
+        func = DatasetCatalog[n] if n in DatasetCatalog.list() else None
+        meta = MetadataCatalog.get(n).as_dict() if n in MetadataCatalog.list() else None
+        saved[n] = (func, meta, synthetic._REGISTERED.get(n))
+    yield
+    for n, (func, meta, reg) in saved.items():
+        if n in DatasetCatalog.list():
+            DatasetCatalog.remove(n)
+        if n in MetadataCatalog.list():
+            MetadataCatalog.remove(n)
+        if func is not None:
+            DatasetCatalog.register(n, func)
+        if meta is not None:
+            meta.pop("name", None)
+            MetadataCatalog.get(n).set(**meta)
+        synthetic._REGISTERED.pop(n, None)
+        if reg is not None:
+            synthetic._REGISTERED[n] = reg
+
+
+def test_registration_is_lazy_idempotent_and_loads(tmp_path, restore_registration):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.structures import BoxMode
+
+    from iou_aware.data import register_synthetic_datasets
+
+    root = tmp_path / "data"
+    kwargs = dict(root=str(root), num_train=3, num_val=2, image_size=(64, 64), seed=5)
+    register_synthetic_datasets(**kwargs)
+    out = register_synthetic_datasets(**kwargs)  # idempotent
+    assert not root.exists()  # registration generates nothing
+
+    for name, n in (("synthetic_shapes_train", 3), ("synthetic_shapes_val", 2)):
+        meta = MetadataCatalog.get(name)
+        assert meta.json_file == out[name]
+        assert meta.evaluator_type == "coco"
+        assert meta.thing_classes == list(CLASS_NAMES)
+        assert len(meta.thing_colors) == len(CLASS_NAMES)
+        with _no_warnings():
+            dicts = DatasetCatalog.get(name)  # generates on first use
+        assert os.path.isfile(meta.json_file)
+        assert os.path.dirname(meta.json_file) == os.path.dirname(meta.image_root)
+        assert len(dicts) == n
+        for d in dicts:
+            assert set(d) >= {"file_name", "height", "width", "image_id", "annotations"}
+            assert os.path.isfile(d["file_name"])
+            assert d["file_name"].startswith(meta.image_root)
+            assert (d["height"], d["width"]) == (64, 64)
+            for a in d["annotations"]:
+                assert a["bbox_mode"] == BoxMode.XYWH_ABS
+                assert 0 <= a["category_id"] < len(CLASS_NAMES)
+                assert a["iscrowd"] == 0
+                x, y, w, h = a["bbox"]
+                assert 0 <= x and 0 <= y and x + w <= 64 and y + h <= 64
+        assert meta.thing_dataset_id_to_contiguous_id == {i + 1: i for i in range(6)}
+    train = DatasetCatalog.get("synthetic_shapes_train")
+    val = DatasetCatalog.get("synthetic_shapes_val")
+    assert {d["file_name"] for d in train}.isdisjoint({d["file_name"] for d in val})
+
+    # Different parameters re-register (no stale dataset, no "different value" assertion).
+    out2 = register_synthetic_datasets(**dict(kwargs, num_val=4))
+    assert out2["synthetic_shapes_val"] != out["synthetic_shapes_val"]
+    assert out2["synthetic_shapes_train"] == out["synthetic_shapes_train"]
+    assert len(DatasetCatalog.get("synthetic_shapes_val")) == 4
+    assert (
+        synthetic.ensure_synthetic_dataset("synthetic_shapes_val")[0]
+        == out2["synthetic_shapes_val"]
+    )
