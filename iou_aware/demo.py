@@ -7,6 +7,7 @@ import os
 from typing import Dict, List, Sequence
 
 import cv2
+import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultPredictor
@@ -88,22 +89,40 @@ def draw(image_bgr, instances, metadata):
     return out.get_image()
 
 
-def run_demo(
-    cfg, inputs: Sequence[str], output_dir: str, confidence_threshold: float = 0.5, max_images: int = 0
-):
-    """Detect objects in ``inputs`` (the first ``max_images`` when > 0); write ``<name>.png`` per
-    image and ``detections.json``.
-
-    Returns the path of the JSON file.
-    """
-    images = collect_images(inputs)
-    if max_images > 0:
-        images = images[:max_images]
+def _predictor(cfg):
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.WEIGHTS = resolve_weights(cfg)
     cfg.freeze()
-    predictor = DefaultPredictor(cfg)
+    return DefaultPredictor(cfg)
+
+
+def _titled(image_rgb, title):
+    bar = np.full((18, image_rgb.shape[1], 3), 255, dtype=np.uint8)
+    cv2.putText(bar, title, (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([bar, image_rgb], axis=0)
+
+
+def run_demo(
+    cfg, inputs: Sequence[str], output_dir: str, confidence_threshold: float = 0.5, max_images: int = 0,
+    compare_cfg=None,
+):
+    """Detect objects in ``inputs`` (the first ``max_images`` when > 0); write ``<name>.png`` per
+    image and ``detections.json``.
+
+    With ``compare_cfg`` (e.g. a stock detector, or the same model with standard NMS), each PNG
+    shows that model's detections on the left and ``cfg``'s on the right, and the JSON holds both
+    (``{"left": [...], "right": [...]}`` per image). Returns the path of the JSON file.
+    """
+    for c in (cfg, compare_cfg):  # fail on missing weights before any work
+        if c is not None:
+            resolve_weights(c)
+    images = collect_images(inputs)
+    if max_images > 0:
+        images = images[:max_images]
+    models = [("right", cfg, _predictor(cfg))]
+    if compare_cfg is not None:
+        models.insert(0, ("left", compare_cfg, _predictor(compare_cfg)))
     dataset = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else "__unused"
     metadata = MetadataCatalog.get(dataset)
     class_names = metadata.get("thing_classes", [])
@@ -114,17 +133,36 @@ def run_demo(
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         if image is None:
             raise ValueError(f"Could not read image {path!r}")
-        with torch.no_grad():
-            instances = predictor(image)["instances"].to("cpu")
-        instances = instances[instances.scores >= confidence_threshold]
+        panels, records = [], {}
+        for side, model_cfg, predictor in models:
+            with torch.no_grad():
+                instances = predictor(image)["instances"].to("cpu")
+            instances = instances[instances.scores >= confidence_threshold]
+            records[side] = instances_to_records(instances, class_names)
+            panel = draw(image, instances, metadata)
+            if compare_cfg is not None:
+                panel = _titled(panel, describe(model_cfg))
+            panels.append(panel)
         name = os.path.splitext(os.path.basename(path))[0]
         out_path = os.path.join(output_dir, f"{name}.png")
-        cv2.imwrite(out_path, draw(image, instances, metadata)[:, :, ::-1])
-        results[path] = instances_to_records(instances, class_names)
-        logger.info("[%d/%d] %s: %d detections -> %s", k + 1, len(images), path, len(instances), out_path)
+        cv2.imwrite(out_path, np.concatenate(panels, axis=1)[:, :, ::-1])
+        results[path] = records if compare_cfg is not None else records["right"]
+        logger.info("[%d/%d] %s: %s -> %s", k + 1, len(images), path,
+                    ", ".join(f"{len(v)} detections" for v in records.values()), out_path)
 
     json_path = os.path.join(output_dir, "detections.json")
     with open(json_path, "w") as f:
         json.dump(results, f, indent=1)
     logger.info("Wrote %d annotated images and %s", len(images), json_path)
     return json_path
+
+
+def describe(cfg) -> str:
+    """A short label for a model: architecture, box loss and NMS."""
+    c = cfg.MODEL.IOU_AWARE
+    arch = "RetinaNet" if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE else "Faster R-CNN"
+    parts = [arch, c.BOX_LOSS or "stock loss"]
+    if c.IOU_HEAD.ENABLED:
+        parts.append("IoU head")
+    parts.append(f"{c.NMS.TYPE} NMS")
+    return ", ".join(parts)

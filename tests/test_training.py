@@ -12,6 +12,7 @@ import pytest
 from iou_aware.engine import Trainer, setup_cfg
 
 SYNTHETIC_CONFIGS = ["configs/synthetic/retinanet_R18_FPN.yaml", "configs/synthetic/faster_rcnn_R18_FPN.yaml"]
+IOU_AWARE_CONFIG = "configs/synthetic/retinanet_R18_FPN_smooth_eiou_iouhead.yaml"
 
 
 def read_metrics(output_dir):
@@ -42,8 +43,9 @@ def train(repo_root, config, opts, output_dir, max_iter=2, resume=False):
 def test_two_iterations_finite_losses_and_evaluation(repo_root, tiny_synthetic_opts, tmp_path, config):
     train(repo_root, config, tiny_synthetic_opts, tmp_path)
     records = read_metrics(tmp_path)
+    # Detectron2's PeriodicWriter writes every 20 iterations and after the last one
     losses = [r for r in records if "total_loss" in r]
-    assert [r["iteration"] for r in losses] == [0, 1]
+    assert [r["iteration"] for r in losses] == [1]
     for r in losses:
         loss_values = {k: v for k, v in r.items() if k.startswith("loss") or k == "total_loss"}
         assert len(loss_values) >= 3
@@ -56,8 +58,8 @@ def test_two_iterations_finite_losses_and_evaluation(repo_root, tiny_synthetic_o
     assert os.path.isfile(tmp_path / "model_final.pth")
 
 
-def test_eval_only_and_resume(repo_root, tiny_synthetic_opts, tmp_path):
-    config = SYNTHETIC_CONFIGS[0]
+@pytest.mark.parametrize("config", [SYNTHETIC_CONFIGS[0], IOU_AWARE_CONFIG])
+def test_eval_only_and_resume(repo_root, tiny_synthetic_opts, tmp_path, config):
     opts = [*tiny_synthetic_opts, "SOLVER.CHECKPOINT_PERIOD", "1"]
     _, start = train(repo_root, config, opts, tmp_path, max_iter=2)
     assert start == 0
@@ -67,15 +69,18 @@ def test_eval_only_and_resume(repo_root, tiny_synthetic_opts, tmp_path):
     _, start = train(repo_root, config, opts, tmp_path, max_iter=4, resume=True)
     assert start == 2
     iters = [r["iteration"] for r in read_metrics(tmp_path) if "total_loss" in r]
-    assert iters == [0, 1, 2, 3]
+    assert iters == [1, 3]  # the last iteration of each run (PeriodicWriter)
 
     # --eval-only on the saved checkpoint, through the command-line tool
     proc = run_script(
         repo_root, "tools/train_net.py", "--config-file", config, "--eval-only",
         *opts, "OUTPUT_DIR", str(tmp_path / "eval"), "MODEL.WEIGHTS", str(tmp_path / "model_final.pth"),
+        "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",  # a 4-iteration model scores below 0.05
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "AP95" in proc.stdout + proc.stderr
+    if config == IOU_AWARE_CONFIG:  # detections carry the IoU head's prediction
+        assert "pred_iou_pearson" in proc.stdout + proc.stderr
     assert os.path.isfile(tmp_path / "eval" / "inference" / "synthetic_shapes_val" / "coco_instances_results.json")
 
 
@@ -88,7 +93,7 @@ def test_two_process_cpu_training(repo_root, tiny_synthetic_opts, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     iters = [r["iteration"] for r in read_metrics(tmp_path) if "total_loss" in r]
-    assert iters == [0, 1]
+    assert iters == [1]
 
 
 def test_demo_writes_images_and_json(repo_root, tiny_synthetic_opts, tmp_path):
@@ -113,6 +118,40 @@ def test_demo_writes_images_and_json(repo_root, tiny_synthetic_opts, tmp_path):
     for records in dets.values():
         for r in records:
             assert len(r["bbox_xyxy"]) == 4 and 0.0 <= r["score"] <= 1.0
+
+
+def test_demo_nms_override_and_side_by_side(repo_root, tiny_synthetic_opts, tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    train(repo_root, IOU_AWARE_CONFIG, tiny_synthetic_opts, tmp_path / "run", max_iter=1)
+    DatasetCatalog.get("synthetic_shapes_val")
+    images = MetadataCatalog.get("synthetic_shapes_val").image_root
+    out = tmp_path / "demo"
+    proc = run_script(
+        repo_root, "tools/demo.py", "--config-file", IOU_AWARE_CONFIG, "--input", images, "--output", str(out),
+        "--max-images", "2", "--confidence-threshold", "0.0", "--nms", "score_fused", "--side-by-side",
+        "--opts", *tiny_synthetic_opts, "MODEL.WEIGHTS", str(tmp_path / "run" / "model_final.pth"),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / "detections.json") as f:
+        dets = json.load(f)
+    assert len(dets) == 2
+    for pair in dets.values():
+        assert set(pair) == {"left", "right"}
+        for r in pair["right"]:
+            assert 0.0 <= r["pred_iou"] <= 1.0
+    import cv2
+
+    img = cv2.imread(next(iter(dets)))
+    panel = cv2.imread(str(out / sorted(p for p in os.listdir(out) if p.endswith(".png"))[0]))
+    assert panel.shape[1] == 2 * img.shape[1]
+
+    bad = run_script(
+        repo_root, "tools/demo.py", "--config-file", SYNTHETIC_CONFIGS[0], "--input", images, "--output",
+        str(out), "--nms", "iou_guided", "--opts", *tiny_synthetic_opts,
+        "MODEL.META_ARCHITECTURE", "IoUAwareRetinaNet", "MODEL.WEIGHTS", str(tmp_path / "run" / "model_final.pth"),
+    )
+    assert bad.returncode == 2 and "MODEL.IOU_AWARE.NMS.TYPE" in bad.stderr
 
 
 def test_demo_clear_errors(repo_root, tiny_synthetic_opts, tmp_path):

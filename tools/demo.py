@@ -6,6 +6,10 @@
         [--confidence-threshold 0.5] [--opts MODEL.WEIGHTS output/.../model_final.pth]
 
 Without MODEL.WEIGHTS the config's OUTPUT_DIR/model_final.pth is used.
+--nms TYPE overrides MODEL.IOU_AWARE.NMS.TYPE (standard, score_fused, iou_guided, soft).
+--side-by-side writes, per image, a reference on the left and this model on the right: the
+detector of --compare-config/--compare-weights (e.g. a stock RetinaNet), or by default the same
+weights with standard NMS.
 """
 
 import argparse
@@ -14,6 +18,7 @@ import sys
 from detectron2.utils.logger import setup_logger
 
 from iou_aware.demo import run_demo
+from iou_aware.config import NMS_TYPES
 from iou_aware.engine import setup_cfg
 
 
@@ -24,6 +29,10 @@ def get_parser():
     p.add_argument("--output", required=True, help="folder for annotated images and detections.json")
     p.add_argument("--confidence-threshold", type=float, default=0.5)
     p.add_argument("--max-images", type=int, default=0, help="only the first N images (0: all)")
+    p.add_argument("--nms", choices=NMS_TYPES, help="override MODEL.IOU_AWARE.NMS.TYPE")
+    p.add_argument("--side-by-side", action="store_true", help="reference detections on the left")
+    p.add_argument("--compare-config", metavar="FILE", help="config of the reference model")
+    p.add_argument("--compare-weights", metavar="FILE", help="weights of the reference model")
     p.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return p
 
@@ -32,10 +41,23 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     setup_logger(name="detectron2")
     setup_logger(name="iou_aware")
-    cfg = setup_cfg(args.config_file, args.opts)
+    opts = list(args.opts)
+    if args.nms:
+        opts += ["MODEL.IOU_AWARE.NMS.TYPE", args.nms]
     try:
-        run_demo(cfg, args.input, args.output, args.confidence_threshold, args.max_images)
-    except FileNotFoundError as e:
+        cfg = setup_cfg(args.config_file, opts)
+        compare_cfg = None
+        if args.side_by_side or args.compare_config or args.compare_weights:
+            if args.compare_config:
+                compare_opts = ["MODEL.WEIGHTS", args.compare_weights or ""]
+                compare_cfg = setup_cfg(args.compare_config, compare_opts)
+            else:  # the same model, stock NMS
+                compare_opts = opts + ["MODEL.IOU_AWARE.NMS.TYPE", "standard"]
+                if args.compare_weights:
+                    compare_opts += ["MODEL.WEIGHTS", args.compare_weights]
+                compare_cfg = setup_cfg(args.config_file, compare_opts)
+        run_demo(cfg, args.input, args.output, args.confidence_threshold, args.max_images, compare_cfg)
+    except (FileNotFoundError, ValueError) as e:  # missing weights/images, invalid config or image
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"Annotated images and detections.json written to {args.output}")

@@ -38,7 +38,7 @@ class CornerBoxTransform:
     def apply_deltas(self, deltas: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         boxes = boxes.to(deltas.dtype)
         n = deltas.shape[0]
-        d = deltas.view(n, -1, 4)
+        d = deltas.view(n, deltas.shape[1] // 4, 4)
         out = boxes[:, None, :] + d * self.scale(boxes)[:, None, None]
         return out.reshape(deltas.shape)
 
