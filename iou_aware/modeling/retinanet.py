@@ -18,11 +18,10 @@ from detectron2.utils.events import get_event_storage
 from fvcore.nn import sigmoid_focal_loss
 from torch import nn
 
-from ..config import validate_iou_aware_config
 from ..losses import iou_kl_loss
-from .box_regression import BoxRegressionLoss, build_box_transform
-from .cls_losses import combine_cls_and_box_losses, harmonic_detach
-from .postprocess import NMSConfig, run_nms
+from .cls_losses import combine_cls_and_box_losses
+from .common import IoUAwareMixin, iou_aware_from_config
+from .postprocess import run_nms
 
 
 class IoUAwareRetinaNetHead(RetinaNetHead):
@@ -48,45 +47,29 @@ class IoUAwareRetinaNetHead(RetinaNetHead):
 
 
 @META_ARCH_REGISTRY.register()
-class IoUAwareRetinaNet(RetinaNet):
+class IoUAwareRetinaNet(IoUAwareMixin, RetinaNet):
     @configurable
     def __init__(self, *, box_loss=None, iou_aware_cfg=None, nms_cfg=None, iou_head=False,
                  iou_head_weight=1.0, harmonic_detach_factors=False, **kwargs):
         super().__init__(**kwargs)
-        self.box_loss = box_loss
-        self.iou_aware_cfg = iou_aware_cfg
-        self.nms_cfg = nms_cfg
-        self.iou_head = iou_head
-        self.iou_head_weight = iou_head_weight
-        self.harmonic_detach_factors = harmonic_detach_factors
-        c = iou_aware_cfg
-        # the stock loss code is used unless something of the loss is changed
-        self.stock_losses = c is None or (
-            not c.BOX_LOSS and not c.CLS_LOSS and not iou_head
-            and c.BOX_PARAMETERIZATION == "deltas"
-        )
+        self._init_iou_aware(box_loss, iou_aware_cfg, nms_cfg, iou_head, iou_head_weight,
+                             harmonic_detach_factors)
 
     @classmethod
     def from_config(cls, cfg):
-        validate_iou_aware_config(cfg)
         c = cfg.MODEL.IOU_AWARE
         if c.IOU_HEAD.ENABLED and not c.IOU_HEAD.CLASS_AGNOSTIC:
             raise ValueError("MODEL.IOU_AWARE.IOU_HEAD.CLASS_AGNOSTIC: RetinaNet's IoU head predicts "
                              "one IoU per anchor; per-class IoU is for the ROI heads only")
+        r = cfg.MODEL.RETINANET
+        iou_aware = iou_aware_from_config(
+            cfg, "retinanet", r.BBOX_REG_WEIGHTS, r.BBOX_REG_LOSS_TYPE, r.SMOOTH_L1_LOSS_BETA, r.NMS_THRESH_TEST
+        )
         ret = super().from_config(cfg)
         if c.IOU_HEAD.ENABLED:
             shapes = ret["backbone"].output_shape()
-            ret["head"] = IoUAwareRetinaNetHead(cfg, [shapes[f] for f in cfg.MODEL.RETINANET.IN_FEATURES])
-        transform = build_box_transform(cfg, cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS)
-        ret["box2box_transform"] = transform
-        ret["box_loss"] = BoxRegressionLoss.from_config(
-            cfg, transform, cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE, cfg.MODEL.RETINANET.SMOOTH_L1_LOSS_BETA
-        )
-        ret["iou_aware_cfg"] = c.clone()
-        ret["nms_cfg"] = NMSConfig.from_config(cfg, cfg.MODEL.RETINANET.NMS_THRESH_TEST)
-        ret["iou_head"] = c.IOU_HEAD.ENABLED
-        ret["iou_head_weight"] = c.IOU_HEAD.LOSS_WEIGHT
-        ret["harmonic_detach_factors"] = harmonic_detach(cfg, "retinanet")
+            ret["head"] = IoUAwareRetinaNetHead(cfg, [shapes[f] for f in r.IN_FEATURES])
+        ret.update(iou_aware)
         return ret
 
     # ------------------------------------------------------------------------------- training

@@ -15,14 +15,13 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, _log_c
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
-from ..config import validate_iou_aware_config
 from ..losses import iou_kl_loss
-from .box_regression import BoxRegressionLoss, build_box_transform
-from .cls_losses import combine_cls_and_box_losses, harmonic_detach
-from .postprocess import NMSConfig, run_nms
+from .cls_losses import combine_cls_and_box_losses
+from .common import IoUAwareMixin, iou_aware_from_config
+from .postprocess import run_nms
 
 
-class IoUAwareFastRCNNOutputLayers(FastRCNNOutputLayers):
+class IoUAwareFastRCNNOutputLayers(IoUAwareMixin, FastRCNNOutputLayers):
     """``FastRCNNOutputLayers`` + IoU head (one linear layer on the box head's features, sigmoid,
     one IoU per box or per class) + configured losses and NMS."""
 
@@ -31,41 +30,27 @@ class IoUAwareFastRCNNOutputLayers(FastRCNNOutputLayers):
                  iou_head=False, iou_head_class_agnostic=True, iou_head_weight=1.0,
                  harmonic_detach_factors=True, **kwargs):
         super().__init__(input_shape, **kwargs)
-        self.box_loss = box_loss
-        self.iou_aware_cfg = iou_aware_cfg
-        self.nms_cfg = nms_cfg
-        self.iou_head = iou_head
-        self.iou_head_weight = iou_head_weight
-        self.harmonic_detach_factors = harmonic_detach_factors
+        self._init_iou_aware(box_loss, iou_aware_cfg, nms_cfg, iou_head, iou_head_weight,
+                             harmonic_detach_factors)
         if iou_head:
             n_out = 1 if iou_head_class_agnostic else self.num_classes
             self.iou_pred = nn.Linear(self.cls_score.in_features, n_out)
             nn.init.normal_(self.iou_pred.weight, std=0.01)
             nn.init.constant_(self.iou_pred.bias, 0)
-        c = iou_aware_cfg
-        self.stock_losses = c is None or (
-            not c.BOX_LOSS and not c.CLS_LOSS and not iou_head and c.BOX_PARAMETERIZATION == "deltas"
-        )
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        validate_iou_aware_config(cfg)
         c = cfg.MODEL.IOU_AWARE
         if c.CLS_LOSS and cfg.MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE:
             raise ValueError(f"MODEL.IOU_AWARE.CLS_LOSS {c.CLS_LOSS!r} is implemented for the softmax "
                              "classifier; set MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE False")
-        ret = super().from_config(cfg, input_shape)
-        transform = build_box_transform(cfg, cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS)
-        ret["box2box_transform"] = transform
-        ret["box_loss"] = BoxRegressionLoss.from_config(
-            cfg, transform, cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE, cfg.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA
+        h = cfg.MODEL.ROI_BOX_HEAD
+        iou_aware = iou_aware_from_config(
+            cfg, "rcnn", h.BBOX_REG_WEIGHTS, h.BBOX_REG_LOSS_TYPE, h.SMOOTH_L1_BETA, cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST
         )
-        ret["iou_aware_cfg"] = c.clone()
-        ret["nms_cfg"] = NMSConfig.from_config(cfg, cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST)
-        ret["iou_head"] = c.IOU_HEAD.ENABLED
+        ret = super().from_config(cfg, input_shape)
+        ret.update(iou_aware)
         ret["iou_head_class_agnostic"] = c.IOU_HEAD.CLASS_AGNOSTIC
-        ret["iou_head_weight"] = c.IOU_HEAD.LOSS_WEIGHT
-        ret["harmonic_detach_factors"] = harmonic_detach(cfg, "rcnn")
         return ret
 
     def forward(self, x):

@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""Accuracy of the stock detectors and each method on the synthetic dataset, over seeds.
+
+Trains every config with the same schedule and seeds (one subprocess per run, through
+tools/train_net.py), reads the final evaluation from each run's metrics.json and writes a table of
+mean and spread (standard deviation over seeds): AP, AP50, AP75, AP90, mAP75:95, score/IoU Pearson
+correlation, AIC and, for models with an IoU head, predicted/actual IoU Pearson correlation.
+
+    python tools/run_synthetic_benchmark.py                       # default configs, seeds 0 1
+    python tools/run_synthetic_benchmark.py --configs configs/synthetic/retinanet_R18_FPN.yaml \
+        configs/synthetic/retinanet_R18_FPN_focal_eiou.yaml --seeds 0 1 2 --opts SOLVER.MAX_ITER 2000
+
+Finished runs (a final evaluation in metrics.json) are reused, so an interrupted benchmark resumes.
+Writes OUTPUT/results.csv and OUTPUT/results.md.
+"""
+
+import argparse
+import csv
+import glob
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIGS = sorted(
+    os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs/synthetic/*_R18_FPN*.yaml"))
+)
+METRICS = ["AP", "AP50", "AP75", "AP90", "mAP75:95", "score_iou_pearson", "AIC", "pred_iou_pearson"]
+
+
+def final_evaluation(output_dir):
+    """The last record of metrics.json that holds bbox/AP, or None."""
+    path = os.path.join(output_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return None
+    last = None
+    with open(path) as f:
+        for line in f:
+            rec = json.loads(line)
+            if "bbox/AP" in rec:
+                last = rec
+    return last
+
+
+def run_one(config, seed, output_dir, opts, num_gpus):
+    cmd = [
+        sys.executable, "tools/train_net.py", "--num-gpus", str(num_gpus), "--config-file", config,
+        "SEED", str(seed), "OUTPUT_DIR", output_dir, *opts,
+    ]
+    print("[benchmark] $", " ".join(cmd), flush=True)
+    start = time.time()
+    with open(os.path.join(output_dir, "stdout.log"), "w") as log:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"training failed ({proc.returncode}); see {output_dir}/stdout.log")
+    print(f"[benchmark] done in {time.time() - start:.0f} s", flush=True)
+    return cmd
+
+
+FRACTIONS = ("score_iou_pearson", "AIC", "pred_iou_pearson")  # the AP metrics are percentages
+
+
+def fmt(metric, values):
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.3f} ± {spread:.3f}" if metric in FRACTIONS else f"{mean:.1f} ± {spread:.1f}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--output", default="output/benchmarks/synthetic")
+    p.add_argument("--num-gpus", type=int, default=1, help="processes per run (CPU: gloo)")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides for every run")
+    args = p.parse_args(argv)
+
+    rows, commands = [], []
+    total = len(args.configs) * len(args.seeds)
+    for k, (config, seed) in enumerate((c, s) for c in args.configs for s in args.seeds):
+        name = os.path.splitext(os.path.basename(config))[0]
+        out = os.path.abspath(os.path.join(args.output, f"{name}_seed{seed}"))
+        os.makedirs(out, exist_ok=True)
+        print(f"[benchmark] run {k + 1}/{total}: {name} seed {seed}", flush=True)
+        if final_evaluation(out) is None:
+            commands.append(run_one(config, seed, out, args.opts, args.num_gpus))
+        rec = final_evaluation(out)
+        if rec is None:
+            raise RuntimeError(f"no final evaluation in {out}/metrics.json")
+        rows.append({"config": name, "seed": seed, **{m: rec.get(f"bbox/{m}") for m in METRICS}})
+
+    os.makedirs(args.output, exist_ok=True)
+    with open(os.path.join(args.output, "results.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["config", "seed", *METRICS])
+        w.writeheader()
+        w.writerows(rows)
+    lines = [
+        f"| config | seeds | {' | '.join(METRICS)} |",
+        "|" + " --- |" * (len(METRICS) + 2),
+    ]
+    for name in dict.fromkeys(r["config"] for r in rows):
+        runs = [r for r in rows if r["config"] == name]
+        cells = [fmt(m, [r[m] for r in runs]) for m in METRICS]
+        lines.append(f"| {name} | {len(runs)} | {' | '.join(cells)} |")
+    table = "\n".join(lines)
+    with open(os.path.join(args.output, "results.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)
+    print(f"[benchmark] wrote {args.output}/results.csv and results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
