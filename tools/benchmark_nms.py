@@ -1,0 +1,256 @@
+#!/usr/bin/env python
+"""Benchmark the NMS variants of ``iou_aware.nms`` against torchvision's ``batched_nms``.
+
+    python tools/benchmark_nms.py                      # CPU, and CUDA when present
+    python tools/benchmark_nms.py --sizes 2000 20000 --classes 80 --repeats 9
+    python tools/benchmark_nms.py --devices cpu --output output/benchmarks/nms_cpu.csv
+
+Inputs look like a detector's pre-NMS output: boxes jittered around a few objects per image
+(log-uniform object sizes from 24 to 400 px in a 1333 x 800 image, one object per 50 boxes, at most
+100), scores that fall with the jitter plus 20 % low-scored background boxes; with 80 classes, 80 %
+of an object's boxes carry its class and the rest a random one. Predicted IoUs follow the true
+overlap with noise.
+
+All variants of one configuration are timed in the same run, interleaved (every repeat times each
+variant once, in rotating order), and the median over repeats is reported with its ratio to
+torchvision's ``batched_nms`` (the stock baseline). Results go to the console as a table and to a
+CSV file (``--output``, default ``output/benchmarks/nms.csv``).
+
+CPU runs use one torch thread by default (torchvision's CPU NMS kernel is single-threaded, and on a
+shared machine the small multi-threaded ops mostly measure contention) and then time process CPU
+time, which other processes barely disturb; CUDA runs time the wall clock after a synchronize.
+Variants slower than ``--slow-budget`` seconds over all repeats get 3 repeats. The default grid
+(4 sizes x 2 class counts) runs in about a minute on a 2-core CPU.
+"""
+
+import argparse
+import csv
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+import torchvision
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from iou_aware.nms import batched_nms, iou_guided_nms, score_fused_nms, soft_nms  # noqa: E402
+
+IMAGE_W, IMAGE_H = 1333, 800
+
+
+def make_detections(num_boxes, num_classes, seed=0, device="cpu"):
+    """Detector-like boxes, scores, predicted IoUs and classes (see the module docstring)."""
+    g = torch.Generator().manual_seed(seed)
+    n_obj = max(1, min(100, num_boxes // 50))
+    size = torch.exp(torch.empty(n_obj).uniform_(math.log(24), math.log(400), generator=g))
+    aspect = torch.exp(torch.empty(n_obj).uniform_(-0.7, 0.7, generator=g))
+    ow = (size * aspect.sqrt()).clamp(max=IMAGE_W * 0.9)
+    oh = (size / aspect.sqrt()).clamp(max=IMAGE_H * 0.9)
+    cx = torch.rand(n_obj, generator=g) * (IMAGE_W - ow) + ow / 2
+    cy = torch.rand(n_obj, generator=g) * (IMAGE_H - oh) + oh / 2
+    obj_cls = torch.randint(0, num_classes, (n_obj,), generator=g)
+
+    n_bg = num_boxes // 5
+    n_fg = num_boxes - n_bg
+    obj = torch.randint(0, n_obj, (n_fg,), generator=g)
+    jitter = torch.randn(n_fg, 4, generator=g) * 0.12
+    bcx = cx[obj] + jitter[:, 0] * ow[obj]
+    bcy = cy[obj] + jitter[:, 1] * oh[obj]
+    bw = ow[obj] * torch.exp(jitter[:, 2])
+    bh = oh[obj] * torch.exp(jitter[:, 3])
+    fg = torch.stack([bcx - bw / 2, bcy - bh / 2, bcx + bw / 2, bcy + bh / 2], 1)
+    quality = torch.exp(-(jitter**2).sum(1) * 8)  # about the IoU with the object
+    fg_cls = torch.where(
+        torch.rand(n_fg, generator=g) < 0.8,
+        obj_cls[obj],
+        torch.randint(0, num_classes, (n_fg,), generator=g),
+    )
+    fg_scores = (quality * torch.rand(n_fg, generator=g) ** 0.5).clamp(0.01, 1)
+    fg_ious = (quality + torch.randn(n_fg, generator=g) * 0.1).clamp(0, 1)
+
+    side = torch.exp(torch.empty(n_bg).uniform_(math.log(16), math.log(300), generator=g))
+    bx = torch.rand(n_bg, generator=g) * (IMAGE_W - side)
+    by = torch.rand(n_bg, generator=g) * (IMAGE_H - side)
+    bg = torch.stack(
+        [bx, by, bx + side, by + side * torch.exp(torch.randn(n_bg, generator=g) * 0.3)], 1
+    )
+    bg_scores = torch.rand(n_bg, generator=g) ** 4 * 0.3 + 0.01
+    bg_ious = torch.rand(n_bg, generator=g) * 0.3
+
+    boxes = torch.cat([fg, bg])
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, IMAGE_W)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, IMAGE_H)
+    scores = torch.cat([fg_scores, bg_scores])
+    ious = torch.cat([fg_ious, bg_ious])
+    idxs = torch.cat([fg_cls, torch.randint(0, num_classes, (n_bg,), generator=g)])
+    p = torch.randperm(num_boxes, generator=g)
+    return tuple(t[p].to(device) for t in (boxes, scores, ious, idxs))
+
+
+def variants(iou_threshold):
+    tv = torchvision.ops.batched_nms
+    return [
+        ("torchvision.batched_nms", lambda b, s, i, c: tv(b, s, c, iou_threshold)),
+        ("batched_nms", lambda b, s, i, c: batched_nms(b, s, c, iou_threshold)),
+        ("score_fused_nms", lambda b, s, i, c: score_fused_nms(b, s, i, c, iou_threshold)),
+        ("iou_guided_nms", lambda b, s, i, c: iou_guided_nms(b, s, i, c, iou_threshold)),
+        ("soft_nms gaussian", lambda b, s, i, c: soft_nms(b, s, c, method="gaussian")),
+        (
+            "soft_nms linear",
+            lambda b, s, i, c: soft_nms(b, s, c, method="linear", iou_threshold=0.3),
+        ),
+    ]
+
+
+def clock_for(device, clock):
+    """``time.process_time`` (CPU time of this process) or ``time.perf_counter`` (wall clock).
+
+    With one CPU thread, process time is the time the computation itself took and is much less
+    sensitive than the wall clock to other processes on a shared machine; CUDA needs wall time.
+    """
+    if clock == "auto":
+        clock = "cpu" if device.type == "cpu" and torch.get_num_threads() == 1 else "wall"
+    return time.process_time if clock == "cpu" else time.perf_counter
+
+
+def time_call(fn, args, device, timer):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = timer()
+    out = fn(*args)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return timer() - t0, out
+
+
+def bench_config(
+    device, num_boxes, num_classes, repeats, iou_threshold, seed, slow_budget_s, timer
+):
+    args = make_detections(num_boxes, num_classes, seed=seed, device=device)
+    todo = variants(iou_threshold)
+    times = {name: [] for name, _ in todo}
+    kept = {}
+    first = {}
+    for name, fn in todo:  # warm-up, the number of kept boxes and a first time
+        first[name], out = time_call(fn, args, device, timer)
+        kept[name] = (out[0] if isinstance(out, tuple) else out).numel()
+    for r in range(repeats):
+        shift = r % len(todo)
+        for name, fn in todo[shift:] + todo[:shift]:
+            # variants slower than the budget per call run fewer repeats (at least 3)
+            if r >= 3 and first[name] * repeats > slow_budget_s:
+                continue
+            times[name].append(time_call(fn, args, device, timer)[0])
+    medians = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    return medians, kept, {name: len(t) for name, t in times.items()}
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 5000, 20000])
+    parser.add_argument("--classes", type=int, nargs="+", default=[1, 80])
+    parser.add_argument(
+        "--devices", nargs="+", default=None, help="default: cpu, and cuda when available"
+    )
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--iou-threshold", type=float, default=0.5)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: torchvision's CPU NMS kernel is single-threaded, and "
+        "on a shared machine multi-threaded small ops mostly measure thread contention; "
+        "0 keeps torch's default)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=["auto", "cpu", "wall"],
+        default="auto",
+        help="auto: process CPU time on CPU with one thread, wall clock otherwise",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--slow-budget",
+        type=float,
+        default=6.0,
+        help="seconds per variant and configuration before repeats are cut to 3",
+    )
+    parser.add_argument("--output", default="output/benchmarks/nms.csv")
+    args = parser.parse_args()
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    print(
+        f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"python {platform.python_version()}, {torch.get_num_threads()} CPU threads, "
+        f"{platform.processor() or platform.machine()}"
+    )
+    if torch.cuda.is_available():
+        print(f"CUDA device: {torch.cuda.get_device_name()}")
+    print(
+        f"IoU threshold {args.iou_threshold}; median of {args.repeats} interleaved repeats; "
+        "ms (x torchvision); device/clock: cpu = process CPU time, wall = wall clock\n"
+    )
+
+    rows = []
+    names = [name for name, _ in variants(args.iou_threshold)]
+    header = ["device", "boxes", "classes"] + names
+    widths = [8, 7, 7] + [22] * len(names)
+    print(" | ".join(f"{h:>{w}}" for h, w in zip(header, widths)))
+    for device_name in devices:
+        device = torch.device(device_name)
+        timer = clock_for(device, args.clock)
+        clock = "cpu" if timer is time.process_time else "wall"
+        for num_classes in args.classes:
+            for num_boxes in args.sizes:
+                medians, kept, counts = bench_config(
+                    device,
+                    num_boxes,
+                    num_classes,
+                    args.repeats,
+                    args.iou_threshold,
+                    args.seed,
+                    args.slow_budget,
+                    timer,
+                )
+                base = medians[names[0]]
+                cells = [f"{medians[n]:9.2f} ({medians[n] / base:5.2f}x)" for n in names]
+                print(
+                    " | ".join(
+                        [f"{device_name + '/' + clock:>8}", f"{num_boxes:>7}", f"{num_classes:>7}"]
+                        + [f"{c:>22}" for c in cells]
+                    )
+                )
+                for n in names:
+                    rows.append(
+                        {
+                            "device": device_name,
+                            "clock": clock,
+                            "boxes": num_boxes,
+                            "classes": num_classes,
+                            "variant": n,
+                            "median_ms": round(medians[n], 4),
+                            "ratio_to_torchvision": round(medians[n] / base, 4),
+                            "repeats": counts[n],
+                            "kept": kept[n],
+                        }
+                    )
+    out_dir = os.path.dirname(args.output)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+    with open(args.output, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"\nwrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
