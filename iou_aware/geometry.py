@@ -65,9 +65,10 @@ def check_box_pairs(pred: torch.Tensor, target: torch.Tensor) -> None:
         )
 
 
-def _upcast(*tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-    # The DESIGN.md dtype policy (same as iou_aware.losses._reduction.as_compute_dtype, which this
-    # bottom layer cannot import without a cycle): fp16/bf16/integers -> float32, float64 stays.
+def as_compute_dtype(*tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """The DESIGN.md dtype policy for every loss and geometric term: fp16/bf16/integers are
+    computed in float32, float32 and float64 keep their dtype (all tensors are brought to the
+    widest of them, so float64 gradcheck inputs stay float64)."""
     dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
     return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
 
@@ -173,7 +174,7 @@ class BoxPairTerms:
         check_box_pairs(pred, target)
         if not eps >= 0:
             raise ValueError(f"eps must be >= 0, got {eps}")
-        self.pred, self.target = _upcast(pred, target)
+        self.pred, self.target = as_compute_dtype(pred, target)
         self.eps = float(eps)
         self.px1, self.py1, self.px2, self.py2 = self.pred.unbind(1)
         self.tx1, self.ty1, self.tx2, self.ty2 = self.target.unbind(1)
@@ -389,7 +390,7 @@ def box_iou_pairwise(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e
     """
     check_boxes(boxes1, "boxes1")
     check_boxes(boxes2, "boxes2")
-    boxes1, boxes2 = _upcast(boxes1, boxes2)
+    boxes1, boxes2 = as_compute_dtype(boxes1, boxes2)
     wh1 = boxes1[:, 2:] - boxes1[:, :2]
     wh2 = boxes2[:, 2:] - boxes2[:, :2]
     area1 = wh1[:, 0] * wh1[:, 1]

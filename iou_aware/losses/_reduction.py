@@ -1,23 +1,10 @@
 """Helpers shared by every loss: dtype policy and reduction (no loss formula lives here)."""
 
-from typing import Tuple
-
 import torch
 
+from ..geometry import as_compute_dtype  # noqa: F401  (re-exported for the losses)
+
 REDUCTIONS = ("none", "sum", "mean")
-
-
-def as_compute_dtype(*tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-    """Upcast fp16/bf16 tensors to float32; float32 and float64 keep their dtype (DESIGN.md).
-
-    All tensors are brought to the widest floating dtype among them, so float64 gradcheck inputs
-    stay float64.
-    """
-    dtype = torch.float32
-    for t in tensors:
-        if t.dtype == torch.float64:
-            dtype = torch.float64
-    return tuple(t.to(dtype) if t.dtype != dtype else t for t in tensors)
 
 
 def check_reduction(reduction: str) -> None:
