@@ -77,9 +77,9 @@ def focal_l1_loss(
     of property 4 that fixes ``alpha = e beta``). ``beta = 1/e`` gives slope 1 for every ``x >= 1``;
     ``beta = 1`` gives slope 0 for ``x > 1`` (outliers get no gradient). The paper's best: 0.8.
 
-    Numerics: ``x ln(beta x)`` is evaluated with ``ln`` of ``max(x, tiny)`` and the quadratic piece
-    on ``min(x, 1)``, so ``x = 0`` gives value 0 and gradient 0 (the limit) and huge ``x`` give no
-    ``inf`` in the unused piece.
+    Numerics: everything is evaluated on ``xi = min(x, 1)``, so huge ``x`` give no ``inf`` and
+    ``x = 0`` gives value 0 and gradient 0 (the limits). The gradient is eq. 8 written out in a
+    custom autograd function (checked against autograd of eq. 9 by gradcheck).
 
     Args:
         input, target: tensors of the same shape (box deltas, normalized coordinates, ...).
@@ -93,18 +93,34 @@ def focal_l1_loss(
         raise ValueError(f"beta must satisfy 1/e <= beta <= 1 (Zhang et al. eq. 8), got {beta!r}")
     _check_same_shape(input, "input", target, "target")
     input, target = as_compute_dtype(input, target)
-    alpha = math.e * beta
-    log_beta = math.log(beta)
-    x = (input - target).abs()
-    # where, not clamp: torch's clamp passes no gradient at the boundary x == 1 itself
-    x_in = torch.where(x <= 1.0, x, torch.ones_like(x))
-    # 2 ln(beta x) - 1, with ln guarded at x = 0 where x^2 * ln(x) -> 0
-    safe = torch.where(x_in > 0, x_in, torch.ones_like(x_in))
-    inner = -alpha * x_in * x_in * (2.0 * (torch.log(safe) + log_beta) - 1.0) / 4.0
-    const = alpha * (2.0 * log_beta + 1.0) / 4.0
-    outer = -alpha * log_beta * x + const
-    loss = torch.where(x <= 1.0, inner, outer)
-    return reduce_loss(loss, reduction)
+    return reduce_loss(_FocalL1.apply(input - target, beta), reduction)
+
+
+class _FocalL1(torch.autograd.Function):
+    """Eq. 9 forward and eq. 8's gradient written out, both on ``xi = min(x, 1)``: with ``C`` the
+    outer piece is ``L(1) + (-alpha ln beta)(x - 1)``, and eq. 8's magnitude
+    ``-alpha xi ln(beta xi)`` equals ``-alpha ln beta`` for every ``x >= 1``. No branch, one log,
+    only ``d`` saved: under half the time of differentiating the piecewise expression."""
+
+    TINY = 1e-30  # ln is taken of max(xi, TINY): x = 0 gives value 0 and gradient 0 (the limits)
+
+    @staticmethod
+    def forward(ctx, d: torch.Tensor, beta: float) -> torch.Tensor:
+        alpha, log_beta = math.e * beta, math.log(beta)
+        x = d.abs()
+        xi = x.clamp(min=_FocalL1.TINY, max=1.0)
+        inner = xi.square() * (2.0 * (torch.log(xi) + log_beta) - 1.0) * (-alpha / 4.0)
+        ctx.save_for_backward(d)
+        ctx.beta = beta
+        return inner + (x - 1.0).clamp(min=0.0) * (-alpha * log_beta)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (d,) = ctx.saved_tensors
+        alpha, log_beta = math.e * ctx.beta, math.log(ctx.beta)
+        xi = d.abs().clamp(min=_FocalL1.TINY, max=1.0)
+        magnitude = xi * (torch.log(xi) + log_beta) * (-alpha)
+        return grad_out * magnitude * torch.sign(d), None
 
 
 def iou_balanced_smooth_l1_loss(
