@@ -1,0 +1,94 @@
+"""tools/benchmark_training.py in quick mode: one RetinaNet method against stock RetinaNet.
+
+Checks the shape of what the tool writes (rows, columns, finite positive times), never the timings
+themselves. Uses the session's tiny synthetic dataset (``tiny_synthetic_opts``), so it does not
+generate the full one.
+"""
+
+import csv
+import importlib.util
+import math
+import os
+
+import pytest
+
+METHOD_CONFIG = "configs/synthetic/retinanet_R18_FPN_iou_balanced.yaml"
+EXPECTED_COLUMNS = {
+    "method", "detector", "config", "device", "threads", "clock", "batch", "rounds", "infer_images",
+    "train_ms", "train_ratio", "train_ratio_q25", "train_ratio_q75", "train_wall_ms",
+    "train_wall_ratio", "loss_ms", "infer_ms", "infer_ratio", "infer_ratio_q25", "infer_ratio_q75",
+    "infer_wall_ms", "infer_wall_ratio", "post_ms", "peak_mb", "peak_ratio", "fwd_bwd_peak_mb",
+    "fwd_bwd_peak_ratio", "params_m",
+}
+POSITIVE = ("train_ms", "train_wall_ms", "loss_ms", "infer_ms", "infer_wall_ms", "post_ms", "params_m",
+            "train_ratio", "infer_ratio", "train_ratio_q25", "train_ratio_q75", "infer_ratio_q25",
+            "infer_ratio_q75", "train_wall_ratio", "infer_wall_ratio")
+
+
+@pytest.fixture(scope="module")
+def tool(repo_root):
+    path = os.path.join(repo_root, "tools", "benchmark_training.py")
+    spec = importlib.util.spec_from_file_location("benchmark_training", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def quick_run(tool, tiny_synthetic_opts, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "training.csv"
+    returned = tool.main(["--quick", "--configs", METHOD_CONFIG, "--output", str(out), *tiny_synthetic_opts])
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return out, rows, returned
+
+
+def test_csv_rows_and_columns(quick_run):
+    out, rows, returned = quick_run
+    assert set(rows[0]) == EXPECTED_COLUMNS
+    assert [(r["method"], r["detector"]) for r in rows] == [
+        ("stock", "RetinaNet"), ("iou_balanced", "RetinaNet"),
+    ]
+    assert [r["method"] for r in returned] == [r["method"] for r in rows]
+    assert rows[1]["config"] == METHOD_CONFIG
+    for r in rows:
+        assert r["device"] == "cpu" and r["threads"] == "1" and r["clock"] == "cpu"
+        assert int(r["batch"]) == 2 and int(r["rounds"]) == 2 and int(r["infer_images"]) == 2
+
+
+def test_times_finite_and_positive(quick_run):
+    _, rows, _ = quick_run
+    for r in rows:
+        for key in POSITIVE:
+            value = float(r[key])
+            assert math.isfinite(value) and value > 0, (r["method"], key, r[key])
+    stock = rows[0]
+    for key in ("train_ratio", "infer_ratio", "train_ratio_q25", "train_ratio_q75"):
+        assert float(stock[key]) == pytest.approx(1.0)
+
+
+def test_memory_columns(quick_run):
+    _, rows, _ = quick_run
+    for r in rows:
+        if r["peak_mb"] == "n/a":  # the profiler's event tree is private API; "n/a" is allowed
+            assert r["peak_ratio"] == "n/a"
+            continue
+        peak, fwd_bwd = float(r["peak_mb"]), float(r["fwd_bwd_peak_mb"])
+        assert math.isfinite(peak) and 0 < fwd_bwd <= peak
+        # at least the gradients of every parameter (float32) are allocated during an iteration
+        assert fwd_bwd >= float(r["params_m"]) * 1e6 * 4 / 2**20 * 0.9
+
+
+def test_markdown_written(quick_run):
+    out, rows, _ = quick_run
+    md = os.path.splitext(str(out))[0] + ".md"
+    text = open(md).read()
+    assert "| method | detector |" in text
+    for r in rows:
+        assert f"| {r['method']} | {r['detector']} |" in text
+
+
+def test_method_names(tool):
+    assert tool.method_name("configs/synthetic/retinanet_R18_FPN.yaml") == "stock"
+    assert tool.method_name("configs/synthetic/faster_rcnn_R18_FPN_smooth_eiou_iouhead.yaml") == "smooth_eiou_iouhead"
+    assert tool.method_name("configs/synthetic/retinanet_R18_FPN_alpha_iou.yaml") == "alpha_iou"
