@@ -266,7 +266,7 @@ def _overlap_above(k: Tuple[Tensor, ...], r: Tuple[Tensor, ...], threshold: floa
     return inter.div_(union) > threshold
 
 
-_CELL_FACTOR = 2.0
+_CELL_FACTOR = 3.0
 
 
 def _suppressor_of_removed(
@@ -311,7 +311,7 @@ def _suppressor_of_removed(
         margin = 1e-6 * span  # far above the float64 rounding of the centres
         half_w = (x2 - x1).index_select(0, removed_pos).clamp_(min=0).mul_(ratio).add_(margin)
         half_h = (y2 - y1).index_select(0, removed_pos).clamp_(min=0).mul_(ratio).add_(margin)
-        # cell side: about twice the median window, at most 64 cells per axis
+        # cell side: about three times the median window, at most 64 cells per axis
         cell = min(
             max(_CELL_FACTOR * float(torch.median(torch.maximum(half_w, half_h))), span / 64.0),
             span,
@@ -371,8 +371,9 @@ def _suppressor_of_removed(
         cum - num_cand
     )  # pair p of query q: sorted kept entry p + entry_shift[q]
 
+    # kept columns in key order, so that a pair's sorted entry indexes them directly
     columns = shifted.t().contiguous()
-    kept_cols = columns.index_select(1, kept_pos).unbind(0)
+    kept_cols = columns.index_select(1, kept_pos.index_select(0, by_key)).unbind(0)
     removed_cols = columns.index_select(1, removed_pos).unbind(0)
 
     # Bound the memory of the pair list: split the queries into chunks of <= ~1M pairs.
@@ -395,16 +396,16 @@ def _suppressor_of_removed(
         )
         entry = entry_shift.index_select(0, pair_q)
         entry += torch.arange(pair_base, pair_base + num_pairs, device=device)
-        pair_k = by_key.index_select(0, entry)
         pair_r = q_r.index_select(0, pair_q)
         hit = _overlap_above(
-            tuple(c.index_select(0, pair_k) for c in kept_cols),
+            tuple(c.index_select(0, entry) for c in kept_cols),
             tuple(c.index_select(0, pair_r) for c in removed_cols),
             iou_threshold,
         )
         hit = torch.nonzero(hit).squeeze(1)
         # the first suppressor in rank order is the smallest kept index among the hits
-        best.scatter_reduce_(0, pair_r.index_select(0, hit), pair_k.index_select(0, hit), "amin")
+        pair_k = by_key.index_select(0, entry.index_select(0, hit))
+        best.scatter_reduce_(0, pair_r.index_select(0, hit), pair_k, "amin")
     found = torch.nonzero(best < num_kept).squeeze(1)
     return found, best.index_select(0, found)
 
