@@ -72,7 +72,8 @@ def add_iou_aware_config(cfg):
     # NORMALIZE the eq. 5 factor that keeps the loss sum unchanged
     _C.IOU_BALANCED_LOC = CN()
     _C.IOU_BALANCED_LOC.LAMBDA = 1.5
-    _C.IOU_BALANCED_LOC.LOC_WEIGHT = 1.0
+    # Wu & Li Table 4: with LAMBDA 1.5 the weight that keeps the first-step loss sum is 3.049
+    _C.IOU_BALANCED_LOC.LOC_WEIGHT = 3.049
     _C.IOU_BALANCED_LOC.NORMALIZE = False
 
     # Classification loss: "" = stock (focal / softmax CE), "iou_balanced" (Wu & Li eq. 1-2),
