@@ -9,7 +9,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash tools/setup_env.sh
 PY=.venv/bin/python
 
-CONFIG=${1:-configs/synthetic/retinanet_R18_FPN_smooth_eiou_iouhead.yaml}
+CONFIG=${1:-configs/synthetic/retinanet_R18_FPN_iou_aware.yaml}
 shift || true
 OUT=$($PY -c "from iou_aware.engine import setup_cfg; import sys; print(setup_cfg(sys.argv[1], sys.argv[2:]).OUTPUT_DIR)" "$CONFIG" "$@")
 VAL_IMAGES=$($PY -c "from iou_aware.engine import setup_cfg; from detectron2.data import MetadataCatalog, DatasetCatalog; import sys; cfg = setup_cfg(sys.argv[1], sys.argv[2:]); DatasetCatalog.get(cfg.DATASETS.TEST[0]); print(MetadataCatalog.get(cfg.DATASETS.TEST[0]).image_root)" "$CONFIG" "$@")
