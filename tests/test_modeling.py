@@ -79,7 +79,7 @@ def train_steps(model, batch, steps=2, lr=0.01):
         opt.zero_grad()
         total.backward()
         opt.step()
-        history.append({k: float(v) for k, v in losses.items()})
+        history.append({k: float(v.detach()) for k, v in losses.items()})
     return history
 
 
