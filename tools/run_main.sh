@@ -11,8 +11,17 @@ PY=.venv/bin/python
 
 CONFIG=${1:-configs/synthetic/retinanet_R18_FPN_iou_aware.yaml}
 shift || true
-OUT=$($PY -c "from iou_aware.engine import setup_cfg; import sys; print(setup_cfg(sys.argv[1], sys.argv[2:]).OUTPUT_DIR)" "$CONFIG" "$@")
-VAL_IMAGES=$($PY -c "from iou_aware.engine import setup_cfg; from detectron2.data import MetadataCatalog, DatasetCatalog; import sys; cfg = setup_cfg(sys.argv[1], sys.argv[2:]); DatasetCatalog.get(cfg.DATASETS.TEST[0]); print(MetadataCatalog.get(cfg.DATASETS.TEST[0]).image_root)" "$CONFIG" "$@")
+# the config's OUTPUT_DIR and the validation images (generating the dataset if needed), in one start-up
+{ read -r OUT; read -r VAL_IMAGES; } < <($PY -c "
+import sys
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from iou_aware.engine import setup_cfg
+cfg = setup_cfg(sys.argv[1], sys.argv[2:])
+DatasetCatalog.get(cfg.DATASETS.TEST[0])
+print(cfg.OUTPUT_DIR)
+print(MetadataCatalog.get(cfg.DATASETS.TEST[0]).image_root)
+" "$CONFIG" "$@")
+[[ -n "${OUT:-}" && -n "${VAL_IMAGES:-}" ]] || { echo "[main] error: could not load config $CONFIG" >&2; exit 1; }
 
 start=$(date +%s)
 echo "[main] training $CONFIG -> $OUT"
