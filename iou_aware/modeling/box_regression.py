@@ -13,6 +13,12 @@ from ..losses.registry import BOX_LOSS_INPUTS
 STOCK_LOSS_NAMES = {"smooth_l1": "smooth_l1", "giou": "giou", "diou": "diou", "ciou": "ciou"}
 
 
+def sqrt_area(boxes: torch.Tensor, min_scale: float = 1e-3) -> torch.Tensor:
+    """``S = sqrt(area)`` of each box (Peng & Yu Algorithm 1), at least ``min_scale``."""
+    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
+    return (wh[:, 0] * wh[:, 1]).sqrt().clamp(min=min_scale)
+
+
 class CornerBoxTransform:
     """Corner parameterization of Peng & Yu (sec. IV, Algorithm 1).
 
@@ -29,8 +35,7 @@ class CornerBoxTransform:
         self.weights = (1.0, 1.0, 1.0, 1.0)
 
     def scale(self, boxes: torch.Tensor) -> torch.Tensor:
-        wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0)
-        return (wh[:, 0] * wh[:, 1]).sqrt().clamp(min=self.min_scale)
+        return sqrt_area(boxes, self.min_scale)
 
     def get_deltas(self, src_boxes: torch.Tensor, target_boxes: torch.Tensor) -> torch.Tensor:
         return (target_boxes - src_boxes) / self.scale(src_boxes)[:, None]
@@ -48,11 +53,6 @@ def build_box_transform(cfg, weights):
     if cfg.MODEL.IOU_AWARE.BOX_PARAMETERIZATION == "corners":
         return CornerBoxTransform()
     return Box2BoxTransform(weights=weights)
-
-
-def _normalizing_scale(src_boxes: torch.Tensor) -> torch.Tensor:
-    wh = (src_boxes[:, 2:] - src_boxes[:, :2]).clamp(min=0)
-    return (wh[:, 0] * wh[:, 1]).clamp(min=1e-6).sqrt()
 
 
 class BoxRegressionLoss:
@@ -129,7 +129,7 @@ class BoxRegressionLoss:
             else:
                 loss = self.loss_fn(pred_deltas, gt_deltas).sum(dim=1)
         else:
-            s = _normalizing_scale(src_boxes)[:, None]
+            s = sqrt_area(src_boxes)[:, None]
             loss = self.loss_fn(pred_boxes / s, gt_boxes / s)
             if self.name == "focal_efficient_iou" and loss.numel():
                 # eq. 11 normalizes by the sum of the IoU^gamma weights, not the number of boxes:
