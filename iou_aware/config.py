@@ -22,7 +22,7 @@ def add_iou_aware_config(cfg):
     # IOU_AWARE_DATASETS defaulting to ./datasets), one sub-folder per size/seed.
     cfg.DATASETS.SYNTHETIC = CN()
     cfg.DATASETS.SYNTHETIC.ROOT = ""  # "" = default location
-    cfg.DATASETS.SYNTHETIC.NUM_TRAIN = 600  # training images
+    cfg.DATASETS.SYNTHETIC.NUM_TRAIN = 1000  # training images
     cfg.DATASETS.SYNTHETIC.NUM_VAL = 100  # validation images
     cfg.DATASETS.SYNTHETIC.IMAGE_SIZE = 128  # square images, pixels
     cfg.DATASETS.SYNTHETIC.SEED = 0  # generator seed (train and val derive their own)

@@ -28,7 +28,7 @@ echo "[main] training $CONFIG -> $OUT"
 $PY tools/train_net.py --config-file "$CONFIG" "$@"
 echo "[main] demo on 8 validation images from $VAL_IMAGES"
 $PY tools/demo.py --config-file "$CONFIG" --input "$VAL_IMAGES" --output "$OUT/demo" --max-images 8 \
-    --side-by-side --opts "$@" MODEL.WEIGHTS "$OUT/model_final.pth"
+    --confidence-threshold 0.3 --side-by-side --opts "$@" MODEL.WEIGHTS "$OUT/model_final.pth"
 echo "[main] done in $(( $(date +%s) - start )) s. Outputs:"
 echo "  model:        $OUT/model_final.pth"
 echo "  metrics:      $OUT/metrics.json (training curves, evaluation), $OUT/log.txt"

@@ -6,15 +6,16 @@ own. The data is designed so that *localization precision matters*:
 * six classes of filled shapes (:data:`CLASS_NAMES`): rectangle, ellipse, triangle, ring,
   cross and diamond;
 * a wide range of scale (the longer side of a shape's drawn box is log-uniform between
-  ``min_size`` = 6 px and ``max_size_frac`` = 70 % of the shorter image side) and of aspect
-  ratio (log-uniform up to 1:6 for rectangles and ellipses, less for the other classes, in
-  either orientation), so that there are both tiny objects and thin bars;
+  ``min_size`` = 12 px and ``max_size_frac`` = 80 % of the shorter image side, so 12-102 px
+  on the default 128 px images) and of aspect ratio (log-uniform up to 1:6 for rectangles and
+  ellipses, less for the other classes, in either orientation), so that there are both small
+  objects and thin bars;
 * textured, noisy backgrounds: a two-colour linear gradient, low-frequency texture, a few
   distractor lines and soft blobs that are *not* objects, and per-pixel noise over the whole
   image at the end;
 * colours drawn at random with a minimum (but otherwise varied) contrast to what lies under
   the shape and to the objects it overlaps;
-* 1-8 objects per image, drawn in order, later over earlier, so objects overlap and occlude;
+* 1-6 objects per image, drawn in order, later over earlier, so objects overlap and occlude;
 * boxes that are tight to the *visible* pixels of each object.
 
 Occlusion rule. Each shape is drawn into an ownership map (later shapes overwrite earlier
@@ -128,9 +129,9 @@ class SyntheticShapesParams:
 
     image_size: Tuple[int, int] = DEFAULT_IMAGE_SIZE  # (H, W)
     min_objects: int = 1
-    max_objects: int = 8
-    min_size: float = 6.0  # smallest long side of a drawn shape, px
-    max_size_frac: float = 0.7  # largest long side, as a fraction of min(H, W)
+    max_objects: int = 6
+    min_size: float = 12.0  # smallest long side of a drawn shape, px
+    max_size_frac: float = 0.8  # largest long side, as a fraction of min(H, W)
     min_visible_frac: float = 0.3  # occlusion rule: visible / drawn pixels
     min_visible_pixels: int = 8
     min_visible_side: int = 2  # visible box must be at least this many px wide and high
