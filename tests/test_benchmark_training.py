@@ -92,3 +92,19 @@ def test_method_names(tool):
     assert tool.method_name("configs/synthetic/retinanet_R18_FPN.yaml") == "stock"
     assert tool.method_name("configs/synthetic/faster_rcnn_R18_FPN_smooth_eiou_iouhead.yaml") == "smooth_eiou_iouhead"
     assert tool.method_name("configs/synthetic/retinanet_R18_FPN_alpha_iou.yaml") == "alpha_iou"
+
+
+def test_load_matching_weights(tool, tmp_path):
+    import torch
+
+    source = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    target = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 5))  # last layer differs
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": {**source.state_dict(), "extra.weight": torch.zeros(1)}}, path)
+    before = target[1].weight.clone()
+    assert tool.load_matching_weights(target, str(path), log=lambda m: None) == 2
+    assert torch.equal(target[0].weight, source[0].weight) and torch.equal(target[0].bias, source[0].bias)
+    assert torch.equal(target[1].weight, before)  # shape mismatch: left as it was
+    torch.save({"other.weight": torch.zeros(1)}, path)  # a bare state_dict with nothing in common
+    with pytest.raises(SystemExit, match="no tensor matches"):
+        tool.load_matching_weights(target, str(path), log=lambda m: None)

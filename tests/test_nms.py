@@ -197,6 +197,33 @@ def test_iou_guided_many_boxes_pair_chunks(monkeypatch):
     _assert_result(keep, out, ref_keep, ref_scores)
 
 
+@pytest.mark.parametrize("threshold", [0.05, 0.2, 0.4, 0.5, 0.6, 0.8, 0.95])
+def test_iou_guided_centre_window_bound_holds(threshold):
+    # The candidate search relies on: IoU > t implies |cx_k - cx_r| < g(t) * min(w_k, w_r) (and
+    # the same for heights). Check it on random pairs whose sizes differ up to the factor 1/t that
+    # IoU > t allows, with centre offsets reaching past the bound.
+    from iou_aware.nms import _centre_window
+
+    bound = _centre_window(threshold)
+    g = torch.Generator().manual_seed(int(threshold * 100))
+    n = 400_000
+    uniform = lambda lo, hi, *shape: torch.empty(*shape, dtype=torch.float64).uniform_(lo, hi, generator=g)  # noqa: E731
+    wh_k = torch.exp(uniform(0, 4, n, 2))
+    wh_r = wh_k * torch.exp(uniform(-1, 1, n, 2) * math.log(1 / threshold))
+    shift = uniform(-1.2, 1.2, n, 2) * bound * torch.minimum(wh_k, wh_r)
+    k = torch.cat([-wh_k / 2, wh_k / 2], 1)
+    r = torch.cat([shift - wh_r / 2, shift + wh_r / 2], 1)
+    inter_wh = (torch.minimum(k[:, 2:], r[:, 2:]) - torch.maximum(k[:, :2], r[:, :2])).clamp(min=0)
+    inter = inter_wh.prod(1)
+    iou = inter / (wh_k.prod(1) + wh_r.prod(1) - inter)
+    torch.testing.assert_close(iou[:100], torchvision.ops.box_iou(k[:100], r[:100]).diagonal())
+    above = iou > threshold
+    assert above.sum() > 100  # the sample does exercise the bound
+    closeness = (shift.abs() / (bound * torch.minimum(wh_k, wh_r)))[above]
+    assert (closeness < 1).all()
+    assert closeness.max() > 0.5  # and comes near it (the bound is not vacuous here)
+
+
 @pytest.mark.parametrize("rank_of_middle_box", [0.7, 0.85])
 def test_iou_guided_removed_box_goes_to_the_first_kept_box(rank_of_middle_box):
     # A and C are kept (IoU 0.25); B overlaps both above 0.5 and is removed by A, the first kept

@@ -23,7 +23,8 @@ so that a change of machine load hits both sides of the ratio alike.
   test score threshold is 0 so that every candidate up to the config's top-k reaches NMS (freshly
   initialized weights score every RetinaNet candidate about 0.01, below the usual 0.05, which
   would leave NMS idle): the worst case for the NMS variants. ``--infer-score-thresh config``
-  keeps the config's threshold.
+  keeps the config's threshold. ``--weights`` loads a trained checkpoint into every model (where
+  names and shapes match), so that inference sees a trained detector's candidates.
 - ``loss ms`` / ``post ms``: the (headline-clock) forward time of the loss computation (RetinaNet
   ``forward_training`` after the head, including anchor labelling; Faster R-CNN
   ``box_predictor.losses``) and of the post-processing (RetinaNet ``forward_inference``; Faster
@@ -247,8 +248,25 @@ def build_entry(config: str, args, sync, clock, stock: Optional[Entry] = None) -
         own = model.state_dict()
         shared = {k: v for k, v in stock.model.state_dict().items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(shared, strict=False)
+    if args.weights:
+        load_matching_weights(model, args.weights, log=lambda m: print(f"{config}: {m}", flush=True))
     model.train()
     return Entry(config, cfg, model, detector, sync, clock)
+
+
+def load_matching_weights(model, path: str, log=print) -> int:
+    """Load the tensors of the checkpoint ``path`` (Detectron2's ``{"model": state_dict}`` or a bare
+    ``state_dict``) whose name and shape match the model's; returns how many were loaded."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
+    own = model.state_dict()
+    state = {k: torch.as_tensor(v) for k, v in state.items()}
+    shared = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not shared:
+        raise SystemExit(f"--weights {path}: no tensor matches the model's names and shapes")
+    model.load_state_dict(shared, strict=False)
+    log(f"loaded {len(shared)} of the model's {len(own)} tensors from {path}")
+    return len(shared)
 
 
 # ---------------------------------------------------------------------------------- measuring
@@ -553,6 +571,10 @@ def parse_args(argv=None):
     p.add_argument("--infer-score-thresh", default="0.0",
                    help="test score threshold of both detectors (default 0: every candidate up to the "
                    "top-k reaches NMS), or 'config'")
+    p.add_argument("--weights", default=None,
+                   help="trained checkpoint loaded into every model where names and shapes match "
+                   "(default: fresh weights). With trained weights and --infer-score-thresh config, "
+                   "inference sees the candidates a trained detector sends to NMS")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1 on CPU)")
     p.add_argument("--clock", choices=("auto", "wall", "cpu"), default="auto",
@@ -649,7 +671,8 @@ def _main(args) -> List[dict]:
         f"inference 1 image; "
         f"{args.iters} timed rounds after {args.warmup} warm-up + 1 memory round, "
         f"{args.infer_per_round} images per model per round; test score threshold "
-        f"{args.infer_score_thresh}; process max RSS {rss:.0f} MB; "
+        f"{args.infer_score_thresh}; weights: {args.weights or 'fresh (stock init shared)'}; "
+        f"process max RSS {rss:.0f} MB; "
         f"{time.perf_counter() - t_start:.0f} s in all.\n\n"
         "Times are medians; ratio = median over the method's runs of its time / the mean of the two "
         "stock runs (same detector) just before and after it; ratio IQR = 25th-75th percentile of "

@@ -10,7 +10,9 @@ correlation, AIC and, for models with an IoU head, predicted/actual IoU Pearson 
     python tools/run_synthetic_benchmark.py --configs configs/synthetic/retinanet_R18_FPN.yaml \
         configs/synthetic/retinanet_R18_FPN_focal_eiou.yaml --seeds 0 1 2 --opts SOLVER.MAX_ITER 2000
 
-Finished runs (a final evaluation in metrics.json) are reused, so an interrupted benchmark resumes.
+Finished runs (a final evaluation in metrics.json) are reused, so an interrupted benchmark resumes. A
+run that fails (for example a diverged loss) is listed as failed in the table and the others go on;
+the exit status is then 1, and later invocations skip it unless given --retry-failed.
 Writes OUTPUT/results.csv and OUTPUT/results.md.
 """
 
@@ -55,12 +57,15 @@ def run_one(config, seed, output_dir, opts, num_gpus):
     start = time.time()
     with open(os.path.join(output_dir, "stdout.log"), "w") as log:
         proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; see {output_dir}/stdout.log)"
     if proc.returncode != 0:
-        raise RuntimeError(f"training failed ({proc.returncode}); see {output_dir}/stdout.log")
-    print(f"[benchmark] done in {time.time() - start:.0f} s", flush=True)
+        with open(os.path.join(output_dir, FAILED_MARK), "w") as f:
+            f.write(status + "\n")
+    print(f"[benchmark] {status} in {time.time() - start:.0f} s", flush=True)
     return cmd
 
 
+FAILED_MARK = "FAILED.txt"  # written into a run's folder when training exits non-zero
 FRACTIONS = ("score_iou_pearson", "AIC", "pred_iou_pearson")  # the AP metrics are percentages
 
 
@@ -79,21 +84,28 @@ def main(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--output", default="output/benchmarks/synthetic")
     p.add_argument("--num-gpus", type=int, default=1, help="processes per run (CPU: gloo)")
+    p.add_argument("--retry-failed", action="store_true", help="run again the runs marked as failed")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides for every run")
     args = p.parse_args(argv)
 
-    rows, commands = [], []
+    rows, commands, failed = [], [], {}
     total = len(args.configs) * len(args.seeds)
     for k, (config, seed) in enumerate((c, s) for c in args.configs for s in args.seeds):
         name = os.path.splitext(os.path.basename(config))[0]
         out = os.path.abspath(os.path.join(args.output, f"{name}_seed{seed}"))
         os.makedirs(out, exist_ok=True)
         print(f"[benchmark] run {k + 1}/{total}: {name} seed {seed}", flush=True)
-        if final_evaluation(out) is None:
+        if args.retry_failed and os.path.exists(os.path.join(out, FAILED_MARK)):
+            os.remove(os.path.join(out, FAILED_MARK))
+        if final_evaluation(out) is None and not os.path.exists(os.path.join(out, FAILED_MARK)):
             commands.append(run_one(config, seed, out, args.opts, args.num_gpus))
         rec = final_evaluation(out)
         if rec is None:
-            raise RuntimeError(f"no final evaluation in {out}/metrics.json")
+            # A run that diverged (Detectron2 stops on a non-finite loss) or crashed is a result too:
+            # it is reported in the table instead of stopping the remaining runs.
+            print(f"[benchmark] no final evaluation in {out}/metrics.json; counted as failed", flush=True)
+            failed.setdefault(name, []).append(seed)
+            continue
         rows.append({"config": name, "seed": seed, **{m: rec.get(f"bbox/{m}") for m in METRICS}})
 
     os.makedirs(args.output, exist_ok=True)
@@ -105,16 +117,17 @@ def main(argv=None):
         f"| config | seeds | {' | '.join(METRICS)} |",
         "|" + " --- |" * (len(METRICS) + 2),
     ]
-    for name in dict.fromkeys(r["config"] for r in rows):
+    for name in dict.fromkeys(os.path.splitext(os.path.basename(c))[0] for c in args.configs):
         runs = [r for r in rows if r["config"] == name]
         cells = [fmt(m, [r[m] for r in runs]) for m in METRICS]
-        lines.append(f"| {name} | {len(runs)} | {' | '.join(cells)} |")
+        seeds = str(len(runs)) + (f" (seed {', '.join(map(str, failed[name]))} failed)" if name in failed else "")
+        lines.append(f"| {name} | {seeds} | {' | '.join(cells)} |")
     table = "\n".join(lines)
     with open(os.path.join(args.output, "results.md"), "w") as f:
         f.write(table + "\n")
     print(table)
     print(f"[benchmark] wrote {args.output}/results.csv and results.md")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
