@@ -14,6 +14,7 @@ setup(
         "numpy<2",
         "setuptools<81",
         "fvcore",
+        "pyyaml",
         "iopath",
         "pycocotools",
         "opencv-python-headless",

@@ -45,10 +45,12 @@ __all__ = ["batched_nms", "iou_guided_nms", "score_fused_nms", "soft_nms", "fuse
 # for everything is best, up to the size where its N x N / 64 bit mask gets large (as torchvision).
 _NMS_GROUP_BOXES_CPU = 512
 _NMS_GROUP_BOXES_CUDA = 16384
-# Upper bound on the (kept, suppressed) candidate pairs that IoU-guided NMS tests at once. It bounds
-# the memory, and chunks this small stay in cache: on CPU the pair tests ran about 1.5x faster per
-# pair in chunks of 16k than 100k at once.
-_MAX_PAIRS_PER_CHUNK = 1 << 14
+# About how many (kept, suppressed) candidate pairs IoU-guided NMS tests at once. It bounds the
+# memory; on CPU, chunks this small also stay in cache (the pair tests ran about 1.5x faster per
+# pair in chunks of 16k than 100k at once). On CUDA, where every chunk costs kernel launches and a
+# host sync, chunks are large.
+_MAX_PAIRS_PER_CHUNK_CPU = 1 << 14
+_MAX_PAIRS_PER_CHUNK_CUDA = 1 << 20
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,8 +259,11 @@ def _overlap_above(k: Tuple[Tensor, ...], r: Tuple[Tensor, ...], threshold: floa
     """``IoU(k_i, r_i) > threshold`` for aligned pairs given as ``x1, y1, x2, y2, area`` columns
     (``area = (x2 - x1) * (y2 - y1)``, computed once per box as the kernel does).
 
-    Same arithmetic, operand order and comparison as torchvision's NMS kernel (``k`` plays its kept
-    box), so on the same coordinates every decision agrees with the kernel's.
+    Same arithmetic, operand order and comparison as torchvision's CPU NMS kernel (``k`` plays its
+    kept box), so on the same coordinates every decision agrees with the kernel's. The CUDA kernel
+    compares with a float32 threshold (the caller passes that) and may be compiled with fused
+    multiply-adds, which could decide a pair whose IoU is within the last bit of rounding of the
+    threshold the other way; on CUDA that edge case is not verified.
     """
     kx1, ky1, kx2, ky2, k_area = k
     rx1, ry1, rx2, ry2, r_area = r
@@ -273,10 +278,11 @@ _CELL_FACTOR = 3.0
 
 
 def _centre_window(iou_threshold: float) -> float:
-    """``g(t)``: ``IoU(k, r) > t`` (``0 < t < 1``) implies ``|cx_k - cx_r| < g(t) * w_r`` and
-    ``|cy_k - cy_r| < g(t) * h_r`` (proof in :func:`_suppressor_of_removed`). ``g(1/2) = 1/2``."""
+    """``g(t) = (1 - t) / (2t)``: ``IoU(k, r) > t`` (``0 < t < 1``) implies
+    ``|cx_k - cx_r| < g(t) * min(w_k, w_r)`` and the same for heights (proof in
+    :func:`_suppressor_of_removed`; the bound is tight). ``g(1/2) = 1/2``, ``g(0.7) = 0.21``."""
     t = iou_threshold
-    return 1.0 - t if t >= 0.5 else (1.0 - t) / (2.0 * t)
+    return (1.0 - t) / (2.0 * t)
 
 
 def _suppressor_of_removed(
@@ -290,13 +296,15 @@ def _suppressor_of_removed(
     candidates of a removed box ``r`` are the kept boxes of its class ranked above it that can
     overlap it above ``t``.
 
-    ``IoU(k, r) > t`` with ``0 < t < 1`` implies ``|cx_k - cx_r| < g(t) * w_r`` (and the same for
-    heights), ``g`` from :func:`_centre_window`. Proof, with ``m, M`` the smaller and larger of
-    the two widths and ``o`` the overlap width: ``inter > t * union >= t * max(area_k, area_r)``
-    and the overlap height is at most ``min(h)``, so ``o > t * M``; for two intervals
-    ``o <= (w_k + w_r) / 2 - |cx_k - cx_r|``, hence ``|cx_k - cx_r| < m / 2 + (1/2 - t) * M``.
-    For ``t >= 1/2`` that is at most ``(1 - t) * m``; for ``t < 1/2``, as ``M < m / t`` (because
-    ``t * M < o <= m``), it is below ``(1 - t) / (2t) * m``. Both are at most ``g(t) * w_r``.
+    ``IoU(k, r) > t`` with ``0 < t < 1`` implies ``|cx_k - cx_r| < g(t) * min(w_k, w_r)`` (and
+    the same for heights), ``g(t) = (1 - t) / (2t)`` (:func:`_centre_window`). Proof, with ``o``
+    and ``o_h`` the overlap width and height and ``m <= M`` the two widths: ``IoU > t`` is
+    ``inter * (1 + t) > t * (area_k + area_r)``; ``inter = o * o_h`` and each area is at least
+    its width times ``o_h``, so ``o > t * (m + M) / (1 + t)``. For two intervals
+    ``o <= (m + M) / 2 - |cx_k - cx_r|``, so ``|cx_k - cx_r| < (m + M) (1 - t) / (2 (1 + t))``,
+    and ``o <= m`` gives ``m + M < m (1 + t) / t``: together ``|cx_k - cx_r| < m (1 - t) / (2t)``.
+    (Tight: a box of width ``m`` flush inside one of width just under ``m / t``.) The search
+    uses ``g(t) * w_r``, as ``m <= w_r``.
 
     Kept boxes are bucketed by (class, grid cell of their centre) and sorted by (bucket, rank);
     each removed box visits the cells its window touches and, in each, the run of kept boxes ranked
@@ -320,6 +328,9 @@ def _suppressor_of_removed(
     span = float(torch.maximum(x2.max(), y2.max()) - lo) + 1.0
     cx, cy = (x1 + x2) * 0.5 - lo, (y1 + y2) * 0.5 - lo  # in [0, span)
     rcx, rcy = cx.index_select(0, removed_pos), cy.index_select(0, removed_pos)
+    # torchvision's CUDA kernel compares with the threshold as a float32; its CPU kernel as given
+    if device.type == "cuda":
+        iou_threshold = float(torch.tensor(iou_threshold, dtype=torch.float32))
     if 0.0 < iou_threshold < 1.0:
         ratio = _centre_window(iou_threshold) * (1.0 + 1e-9)
         margin = 1e-6 * span  # far above the float64 rounding of the centres
@@ -391,12 +402,13 @@ def _suppressor_of_removed(
     kept_cols = columns.index_select(1, kept_pos.index_select(0, by_key)).unbind(0)
     removed_cols = columns.index_select(1, removed_pos).unbind(0)
 
-    # Split the queries into chunks of about _MAX_PAIRS_PER_CHUNK pairs (memory, cache).
+    # Split the queries into chunks of about _MAX_PAIRS_PER_CHUNK_* pairs (memory, cache).
+    chunk = _MAX_PAIRS_PER_CHUNK_CUDA if device.type == "cuda" else _MAX_PAIRS_PER_CHUNK_CPU
     total = int(cum[-1])
-    if total <= _MAX_PAIRS_PER_CHUNK:
+    if total <= chunk:
         cuts = [0, total_cells]
     else:
-        marks = torch.arange(_MAX_PAIRS_PER_CHUNK, total, _MAX_PAIRS_PER_CHUNK, device=device)
+        marks = torch.arange(chunk, total, chunk, device=device)
         inner = torch.searchsorted(cum, marks).add_(1).clamp_(max=total_cells).tolist()
         cuts = sorted(set([0, total_cells] + inner))
 

@@ -189,7 +189,7 @@ def test_iou_guided_many_boxes_pair_chunks(monkeypatch):
 
     boxes, scores, ious, idxs = clustered_boxes(7, 400, num_classes=2, num_objects=12)
     expected = iou_guided_nms(boxes, scores, ious, idxs, 0.5)
-    monkeypatch.setattr(nms_module, "_MAX_PAIRS_PER_CHUNK", 97)
+    monkeypatch.setattr(nms_module, "_MAX_PAIRS_PER_CHUNK_CPU", 97)
     monkeypatch.setattr(nms_module, "_NMS_GROUP_BOXES_CPU", 16)  # and several kernel groups
     keep, out = iou_guided_nms(boxes, scores, ious, idxs, 0.5)
     assert torch.equal(keep, expected[0]) and torch.equal(out, expected[1])
@@ -221,7 +221,30 @@ def test_iou_guided_centre_window_bound_holds(threshold):
     assert above.sum() > 100  # the sample does exercise the bound
     closeness = (shift.abs() / (bound * torch.minimum(wh_k, wh_r)))[above]
     assert (closeness < 1).all()
-    assert closeness.max() > 0.5  # and comes near it (the bound is not vacuous here)
+    assert closeness.max() > 0.8  # and comes near it: the bound is tight, the test not vacuous
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("removed_is_narrow", [True, False])
+def test_iou_guided_finds_suppressor_at_the_edge_of_the_window(threshold, removed_is_narrow, monkeypatch):
+    # The tight case of the window bound, end to end: a box of width m flush with one side of a box
+    # of width just under m / t (IoU just above t, centre offset just under g(t) * m). The removed
+    # box must still hand its score to its suppressor. The finest grid (cells of 1/64 of the
+    # span) makes the search window itself decide: a window 10% too small fails the cases where
+    # the removed box is the narrow one (the window is the removed box's).
+    import iou_aware.nms as nms_module
+
+    monkeypatch.setattr(nms_module, "_CELL_FACTOR", 1e-6)
+    m, wide = 10.0, 10.0 / threshold * (1 - 1e-6)
+    narrow_box, wide_box = [20.0, 0.0, 20.0 + m, 10.0], [20.0, 0.0, 20.0 + wide, 10.0]
+    kept_box, removed_box = (wide_box, narrow_box) if removed_is_narrow else (narrow_box, wide_box)
+    boxes = torch.tensor([kept_box, removed_box], dtype=torch.float64)
+    scores = torch.tensor([0.2, 0.9], dtype=torch.float64)
+    ious = torch.tensor([0.8, 0.6], dtype=torch.float64)  # the first box ranks first
+    idxs = torch.zeros(2, dtype=torch.int64)
+    keep, out = iou_guided_nms(boxes, scores, ious, idxs, threshold)
+    assert keep.tolist() == [0] and out.tolist() == [0.9]
+    _assert_result(keep, out, *reference_iou_guided_nms(boxes, scores, ious, idxs, threshold))
 
 
 @pytest.mark.parametrize("rank_of_middle_box", [0.7, 0.85])

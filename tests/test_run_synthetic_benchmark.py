@@ -7,6 +7,8 @@ import types
 
 import pytest
 
+MAX_ITER = 10
+
 
 @pytest.fixture()
 def tool(repo_root):
@@ -17,40 +19,77 @@ def tool(repo_root):
     return module
 
 
-def fake_training(calls, failing):
-    """A stand-in for ``subprocess.run`` of tools/train_net.py: records the call, then writes a
-    final evaluation (AP = 10 + seed) into OUTPUT_DIR's metrics.json, or fails for ``failing``."""
+class FakeTraining:
+    """Stands in for ``subprocess.run`` of tools/train_net.py. Like Detectron2 it writes the run's
+    config.yaml and appends to metrics.json. By config name: "works" ends with a final evaluation
+    (AP = 10 + seed); "diverges" evaluates half-way, then exits 1 (until ``fixed``); "noeval" exits
+    0 without an evaluation."""
 
-    def run(cmd, cwd, stdout, stderr):
+    def __init__(self):
+        self.calls, self.fixed = [], False
+
+    def __call__(self, cmd, cwd, stdout, stderr):
         value = lambda key: cmd[cmd.index(key) + 1]  # noqa: E731
-        config, seed, out = value("--config-file"), int(value("SEED")), value("OUTPUT_DIR")
-        calls.append((os.path.basename(config), seed))
-        if failing in config:
-            return types.SimpleNamespace(returncode=1)
-        with open(os.path.join(out, "metrics.json"), "w") as f:
-            f.write(json.dumps({"iteration": 9, "total_loss": 1.0}) + "\n")
-            f.write(json.dumps({"iteration": 9, "bbox/AP": 10.0 + seed, "bbox/AP50": 20.0, "bbox/AIC": 0.4}) + "\n")
-        return types.SimpleNamespace(returncode=0)
+        name, seed, out = os.path.basename(value("--config-file")), int(value("SEED")), value("OUTPUT_DIR")
+        self.calls.append((name, seed))
+        with open(os.path.join(out, "config.yaml"), "w") as f:
+            f.write(f"SOLVER:\n  MAX_ITER: {MAX_ITER}\n")
 
-    return run
+        def log(iteration, ap):
+            with open(os.path.join(out, "metrics.json"), "a") as f:
+                f.write(json.dumps({"iteration": iteration, "total_loss": 1.0}) + "\n")
+                if ap is not None:
+                    record = {"iteration": iteration, "bbox/AP": ap, "bbox/AP50": 20.0, "bbox/AIC": 0.4}
+                    f.write(json.dumps(record) + "\n")
+
+        if name == "diverges.yaml" and not self.fixed:
+            log(MAX_ITER // 2 - 1, 5.0)
+            return types.SimpleNamespace(returncode=1)
+        if name == "noeval.yaml":
+            log(MAX_ITER - 1, None)
+            return types.SimpleNamespace(returncode=0)
+        log(MAX_ITER, 10.0 + seed)
+        return types.SimpleNamespace(returncode=0)
 
 
 def test_table_resume_and_failed_runs(tool, tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(tool.subprocess, "run", fake_training(calls, failing="diverges"))
-    configs = ["configs/synthetic/works.yaml", "configs/synthetic/diverges.yaml"]
+    fake = FakeTraining()
+    monkeypatch.setattr(tool.subprocess, "run", fake)
+    configs = [f"configs/synthetic/{n}.yaml" for n in ("works", "diverges", "noeval")]
     argv = ["--configs", *configs, "--seeds", "0", "1", "--output", str(tmp_path)]
 
-    assert tool.main(argv) == 1  # a failed run makes the exit status 1
-    assert sorted(calls) == [("diverges.yaml", 0), ("diverges.yaml", 1), ("works.yaml", 0), ("works.yaml", 1)]
-    assert os.path.exists(tmp_path / "diverges_seed0" / tool.FAILED_MARK)
+    assert tool.main(argv) == 1  # failed runs make the exit status 1
+    assert len(fake.calls) == 6
+    for name in ("diverges", "noeval"):
+        assert os.path.exists(tmp_path / f"{name}_seed0" / tool.FAILED_MARK)
     table = (tmp_path / "results.md").read_text()
     assert "| works | 2 | 10.5 ± 0.7 | 20.0 ± 0.0 |" in table  # mean ± stdev over the two seeds
-    assert "| diverges | 0 (seed 0, 1 failed) | - |" in table
     assert "0.400 ± 0.000" in table  # AIC is a fraction: three decimals
+    # the half-way evaluation of the diverged run is not taken as its result
+    assert "| diverges | 0 (seed 0, 1 failed) | - |" in table
+    assert "| noeval | 0 (seed 0, 1 failed) | - |" in table
 
-    calls.clear()
+    fake.calls.clear()
     assert tool.main(argv) == 1  # finished and failed runs are both reused
-    assert calls == []
-    assert tool.main([*argv, "--retry-failed"]) == 1
-    assert sorted(calls) == [("diverges.yaml", 0), ("diverges.yaml", 1)]
+    assert fake.calls == []
+
+    fake.fixed = True  # a retry that now succeeds replaces the failure
+    assert tool.main([*argv, "--configs", configs[1], "--retry-failed"]) == 0
+    assert sorted(fake.calls) == [("diverges.yaml", 0), ("diverges.yaml", 1)]
+    assert "| diverges | 2 | 10.5 ± 0.7 |" in (tmp_path / "results.md").read_text()
+    # the failed attempt's records were set aside, not mixed into the new metrics.json
+    assert [p for p in os.listdir(tmp_path / "diverges_seed0") if p.startswith("metrics.json.attempt-")]
+
+
+def test_interrupted_run_is_run_again(tool, tmp_path, monkeypatch):
+    # an interrupted run left a half-way evaluation and no exit status: it is not final
+    run_dir = tmp_path / "works_seed0"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(f"SOLVER:\n  MAX_ITER: {MAX_ITER}\n")
+    (run_dir / "metrics.json").write_text(json.dumps({"iteration": 4, "bbox/AP": 1.0}) + "\n")
+    assert tool.final_evaluation(str(run_dir)) is None
+    fake = FakeTraining()
+    monkeypatch.setattr(tool.subprocess, "run", fake)
+    argv = ["--configs", "configs/synthetic/works.yaml", "--seeds", "0", "--output", str(tmp_path)]
+    assert tool.main(argv) == 0 and fake.calls == [("works.yaml", 0)]
+    assert tool.final_evaluation(str(run_dir))["bbox/AP"] == 10.0

@@ -259,13 +259,20 @@ def load_matching_weights(model, path: str, log=print) -> int:
     ``state_dict``) whose name and shape match the model's; returns how many were loaded."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
+    if not isinstance(state, dict):
+        raise SystemExit(f"--weights {path}: not a state_dict or a {{'model': state_dict}} checkpoint")
     own = model.state_dict()
-    state = {k: torch.as_tensor(v) for k, v in state.items()}
-    shared = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    shared = {}
+    for k, v in state.items():
+        if k in own and isinstance(v, (torch.Tensor, np.ndarray)):
+            v = torch.as_tensor(v)
+            if v.shape == own[k].shape:
+                shared[k] = v
     if not shared:
         raise SystemExit(f"--weights {path}: no tensor matches the model's names and shapes")
     model.load_state_dict(shared, strict=False)
-    log(f"loaded {len(shared)} of the model's {len(own)} tensors from {path}")
+    note = "" if len(shared) >= 0.9 * len(own) else " (few: is it this detector family's checkpoint?)"
+    log(f"loaded {len(shared)} of the model's {len(own)} tensors from {path}{note}")
     return len(shared)
 
 
@@ -573,8 +580,9 @@ def parse_args(argv=None):
                    "top-k reaches NMS), or 'config'")
     p.add_argument("--weights", default=None,
                    help="trained checkpoint loaded into every model where names and shapes match "
-                   "(default: fresh weights). With trained weights and --infer-score-thresh config, "
-                   "inference sees the candidates a trained detector sends to NMS")
+                   "(default: fresh weights); give it configs of the checkpoint's detector family. "
+                   "With trained weights and --infer-score-thresh config, inference sees the "
+                   "candidates a trained detector sends to NMS")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1 on CPU)")
     p.add_argument("--clock", choices=("auto", "wall", "cpu"), default="auto",

@@ -27,6 +27,8 @@ import subprocess
 import sys
 import time
 
+import yaml
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIGS = sorted(
     os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs/synthetic/*_R18_FPN*.yaml"))
@@ -35,7 +37,10 @@ METRICS = ["AP", "AP50", "AP75", "AP90", "mAP75:95", "score_iou_pearson", "AIC",
 
 
 def final_evaluation(output_dir):
-    """The last record of metrics.json that holds bbox/AP, or None."""
+    """The evaluation at the end of training: the last record of metrics.json that holds bbox/AP,
+    if it was logged at the run's last iteration (SOLVER.MAX_ITER of the run's config.yaml; runs
+    copied in without a config.yaml are taken as they are). None otherwise, so that an
+    evaluation from the middle of an interrupted run (TEST.EVAL_PERIOD) is not taken as final."""
     path = os.path.join(output_dir, "metrics.json")
     if not os.path.isfile(path):
         return None
@@ -45,7 +50,21 @@ def final_evaluation(output_dir):
             rec = json.loads(line)
             if "bbox/AP" in rec:
                 last = rec
+    config = os.path.join(output_dir, "config.yaml")
+    if last is not None and os.path.isfile(config):
+        with open(config) as f:
+            max_iter = yaml.safe_load(f)["SOLVER"]["MAX_ITER"]
+        if last.get("iteration", -1) < max_iter - 1:
+            return None
     return last
+
+
+def set_aside(output_dir):
+    """Rename the metrics.json of an earlier, unfinished or failed attempt (Detectron2 appends to
+    it), so that a new run's evaluation is not mixed with the old records."""
+    path = os.path.join(output_dir, "metrics.json")
+    if os.path.isfile(path):
+        os.replace(path, path + f".attempt-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def run_one(config, seed, output_dir, opts, num_gpus):
@@ -95,11 +114,17 @@ def main(argv=None):
         out = os.path.abspath(os.path.join(args.output, f"{name}_seed{seed}"))
         os.makedirs(out, exist_ok=True)
         print(f"[benchmark] run {k + 1}/{total}: {name} seed {seed}", flush=True)
-        if args.retry_failed and os.path.exists(os.path.join(out, FAILED_MARK)):
-            os.remove(os.path.join(out, FAILED_MARK))
-        if final_evaluation(out) is None and not os.path.exists(os.path.join(out, FAILED_MARK)):
+        marker = os.path.join(out, FAILED_MARK)
+        if args.retry_failed and os.path.exists(marker):
+            os.remove(marker)
+            set_aside(out)
+        if not os.path.exists(marker) and final_evaluation(out) is None:
+            set_aside(out)
             commands.append(run_one(config, seed, out, args.opts, args.num_gpus))
-        rec = final_evaluation(out)
+            if final_evaluation(out) is None and not os.path.exists(marker):
+                with open(marker, "w") as f:
+                    f.write("training finished without a final evaluation in metrics.json\n")
+        rec = None if os.path.exists(marker) else final_evaluation(out)
         if rec is None:
             # A run that diverged (Detectron2 stops on a non-finite loss) or crashed is a result too:
             # it is reported in the table instead of stopping the remaining runs.
