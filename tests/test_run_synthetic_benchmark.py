@@ -72,6 +72,11 @@ def test_table_resume_and_failed_runs(tool, tmp_path, monkeypatch):
     fake.calls.clear()
     assert tool.main(argv) == 1  # finished and failed runs are both reused
     assert fake.calls == []
+    # --report-only trains nothing and lists what is missing
+    more = ["--configs", configs[0], "configs/synthetic/new.yaml", "--seeds", "0", "1", "--output", str(tmp_path)]
+    assert tool.main([*more, "--report-only"]) == 0 and fake.calls == []
+    table = (tmp_path / "results.md").read_text()
+    assert "| works | 2 | 10.5 ± 0.7 |" in table and "| new | 0 (seed 0, 1 not run) | - |" in table
 
     fake.fixed = True  # a retry that now succeeds replaces the failure
     assert tool.main([*argv, "--configs", configs[1], "--retry-failed"]) == 0

@@ -9,6 +9,7 @@ correlation, AIC and, for models with an IoU head, predicted/actual IoU Pearson 
     python tools/run_synthetic_benchmark.py                       # default configs, seeds 0 1
     python tools/run_synthetic_benchmark.py --configs configs/synthetic/retinanet_R18_FPN.yaml \
         configs/synthetic/retinanet_R18_FPN_focal_eiou.yaml --seeds 0 1 2 --opts SOLVER.MAX_ITER 2000
+    python tools/run_synthetic_benchmark.py --report-only          # the table so far, trains nothing
 
 Finished runs (a final evaluation in metrics.json) are reused, so an interrupted benchmark resumes. A
 run that fails (for example a diverged loss) is listed as failed in the table and the others go on;
@@ -93,8 +94,10 @@ def fmt(metric, values):
     if not values:
         return "-"
     mean = statistics.fmean(values)
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.3f} ± {spread:.3f}" if metric in FRACTIONS else f"{mean:.1f} ± {spread:.1f}"
+    digits = 3 if metric in FRACTIONS else 1
+    if len(values) == 1:  # one seed: no spread to show
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def main(argv=None):
@@ -104,10 +107,12 @@ def main(argv=None):
     p.add_argument("--output", default="output/benchmarks/synthetic")
     p.add_argument("--num-gpus", type=int, default=1, help="processes per run (CPU: gloo)")
     p.add_argument("--retry-failed", action="store_true", help="run again the runs marked as failed")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: the table of the finished runs, the others listed as not run")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides for every run")
     args = p.parse_args(argv)
 
-    rows, commands, failed = [], [], {}
+    rows, commands, failed, missing = [], [], {}, {}
     total = len(args.configs) * len(args.seeds)
     for k, (config, seed) in enumerate((c, s) for c in args.configs for s in args.seeds):
         name = os.path.splitext(os.path.basename(config))[0]
@@ -118,6 +123,9 @@ def main(argv=None):
         if args.retry_failed and os.path.exists(marker):
             os.remove(marker)
             set_aside(out)
+        if args.report_only and not os.path.exists(marker) and final_evaluation(out) is None:
+            missing.setdefault(name, []).append(seed)
+            continue
         if not os.path.exists(marker) and final_evaluation(out) is None:
             set_aside(out)
             commands.append(run_one(config, seed, out, args.opts, args.num_gpus))
@@ -145,7 +153,10 @@ def main(argv=None):
     for name in dict.fromkeys(os.path.splitext(os.path.basename(c))[0] for c in args.configs):
         runs = [r for r in rows if r["config"] == name]
         cells = [fmt(m, [r[m] for r in runs]) for m in METRICS]
-        seeds = str(len(runs)) + (f" (seed {', '.join(map(str, failed[name]))} failed)" if name in failed else "")
+        seeds = str(len(runs))
+        for what, seeds_of in (("failed", failed), ("not run", missing)):
+            if name in seeds_of:
+                seeds += f" (seed {', '.join(map(str, seeds_of[name]))} {what})"
         lines.append(f"| {name} | {seeds} | {' | '.join(cells)} |")
     table = "\n".join(lines)
     with open(os.path.join(args.output, "results.md"), "w") as f:
