@@ -98,3 +98,10 @@ def test_interrupted_run_is_run_again(tool, tmp_path, monkeypatch):
     argv = ["--configs", "configs/synthetic/works.yaml", "--seeds", "0", "--output", str(tmp_path)]
     assert tool.main(argv) == 0 and fake.calls == [("works.yaml", 0)]
     assert tool.final_evaluation(str(run_dir))["bbox/AP"] == 10.0
+
+
+def test_cell_format(tool):
+    assert tool.fmt("AP", [12.21]) == "12.2"  # one seed: no spread
+    assert tool.fmt("AP", [11.0, 12.0]) == "11.5 ± 0.7"
+    assert tool.fmt("AIC", [0.4, 0.41, float("nan")]) == "0.405 ± 0.007"  # nan (no value) ignored
+    assert tool.fmt("AP", [None]) == "-"
