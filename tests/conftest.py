@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import sys
 
@@ -11,6 +12,14 @@ if REPO not in sys.path:
 @pytest.fixture(scope="session")
 def repo_root():
     return REPO
+
+
+def load_tool(name):
+    """Import ``tools/<name>.py`` (the tools folder is not a package) as a fresh module."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,12 @@ generate the full one.
 """
 
 import csv
-import importlib.util
 import math
 import os
 
 import pytest
+
+from conftest import load_tool
 
 METHOD_CONFIG = "configs/synthetic/retinanet_R18_FPN_iou_balanced.yaml"
 EXPECTED_COLUMNS = {
@@ -26,12 +27,8 @@ POSITIVE = ("train_ms", "train_wall_ms", "loss_ms", "infer_ms", "infer_wall_ms",
 
 
 @pytest.fixture(scope="module")
-def tool(repo_root):
-    path = os.path.join(repo_root, "tools", "benchmark_training.py")
-    spec = importlib.util.spec_from_file_location("benchmark_training", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tool():
+    return load_tool("benchmark_training")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ fed to the evaluator as Detectron2 ``Instances`` through ``process``/``evaluate`
 """
 
 import contextlib
-import importlib.util
 import io
 import json
 import logging
@@ -23,6 +22,7 @@ from pycocotools.cocoeval import COCOeval
 from detectron2.data import MetadataCatalog
 from detectron2.structures import Boxes, Instances
 
+from conftest import load_tool
 from iou_aware.evaluation import (
     IoUAwareCOCOEvaluator,
     average_inconsistency_coefficient,
@@ -35,7 +35,6 @@ from iou_aware.evaluation import (
     spearman,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 THRESHOLDS = [50, 55, 60, 65, 70, 75, 80, 85, 90, 95]
 EVAL_LOGGER = "detectron2.evaluation.coco_evaluation"
 
@@ -570,20 +569,11 @@ def test_pred_ious_with_trailing_dim(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def _load_plot_tool():
-    spec = importlib.util.spec_from_file_location(
-        "plot_consistency", os.path.join(REPO, "tools", "plot_consistency.py")
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_plot_consistency_tool(tmp_path):
     name, gt_path = _write_dataset(tmp_path, HAND_IMAGES, HAND_ANNS, HAND_CATEGORIES)
     _evaluate(name, tmp_path / "a", HAND_IMAGES, HAND_DETS, with_pred_iou=True)
     _evaluate(name, tmp_path / "b", HAND_IMAGES, HAND_DETS[:3])
-    tool = _load_plot_tool()
+    tool = load_tool("plot_consistency")
     out = tmp_path / "plots" / "consistency.png"
     with contextlib.redirect_stdout(io.StringIO()):
         rc = tool.main(

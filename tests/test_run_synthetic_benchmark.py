@@ -1,22 +1,19 @@
 """tools/run_synthetic_benchmark.py with training faked: the table, resuming and failed runs."""
 
-import importlib.util
 import json
 import os
 import types
 
 import pytest
 
+from conftest import load_tool
+
 MAX_ITER = 10
 
 
 @pytest.fixture()
-def tool(repo_root):
-    path = os.path.join(repo_root, "tools", "run_synthetic_benchmark.py")
-    spec = importlib.util.spec_from_file_location("run_synthetic_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tool():
+    return load_tool("run_synthetic_benchmark")
 
 
 class FakeTraining:

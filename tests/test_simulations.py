@@ -15,25 +15,15 @@ follow from the math of the losses, not from numbers the code produced:
 """
 
 import csv
-import importlib.util
 import os
 
 import numpy as np
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import load_tool
 
-
-def _load_tool():
-    path = os.path.join(REPO, "tools", "simulate_regression.py")
-    spec = importlib.util.spec_from_file_location("simulate_regression", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-sim = _load_tool()
+sim = load_tool("simulate_regression")
 
 
 @pytest.fixture(scope="module", autouse=True)

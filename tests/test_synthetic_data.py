@@ -1,7 +1,6 @@
 """Tests of the synthetic detection dataset (iou_aware/data/synthetic.py, tools/generate_synthetic.py)."""
 
 import contextlib
-import importlib.util
 import io
 import json
 import logging
@@ -15,6 +14,7 @@ from PIL import Image
 pycocotools_mask = pytest.importorskip("pycocotools.mask")
 from pycocotools.coco import COCO  # noqa: E402
 
+from conftest import load_tool  # noqa: E402
 from iou_aware.data import synthetic  # noqa: E402
 from iou_aware.data.synthetic import (  # noqa: E402
     CLASS_NAMES,
@@ -26,7 +26,6 @@ from iou_aware.data.synthetic import (  # noqa: E402
     sample_rng,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = (96, 112)  # (H, W): non-square, to catch x/y mix-ups
 
 
@@ -244,11 +243,7 @@ def test_default_root_env_var(monkeypatch, tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location(
-        "generate_synthetic", os.path.join(REPO, "tools", "generate_synthetic.py")
-    )
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_tool("generate_synthetic")
     cli.main(
         ["--root", str(tmp_path), "--num-train", "2", "--num-val", "1", "--image-size", "48x64"]
     )
