@@ -78,14 +78,11 @@ def run_one(config, seed, output_dir, opts, num_gpus):
     with open(os.path.join(output_dir, "stdout.log"), "w") as log:
         proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; see {output_dir}/stdout.log)"
-    if proc.returncode != 0:
-        with open(os.path.join(output_dir, FAILED_MARK), "w") as f:
-            f.write(status + "\n")
     print(f"[benchmark] {status} in {time.time() - start:.0f} s", flush=True)
-    return cmd
+    return proc.returncode
 
 
-FAILED_MARK = "FAILED.txt"  # written into a run's folder when training exits non-zero
+FAILED_MARK = "FAILED.txt"  # in a run's folder: training failed or left no final evaluation
 FRACTIONS = ("score_iou_pearson", "AIC", "pred_iou_pearson")  # the AP metrics are percentages
 
 
@@ -112,7 +109,7 @@ def main(argv=None):
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides for every run")
     args = p.parse_args(argv)
 
-    rows, commands, failed, missing = [], [], {}, {}
+    rows, failed, missing = [], {}, {}
     total = len(args.configs) * len(args.seeds)
     for k, (config, seed) in enumerate((c, s) for c in args.configs for s in args.seeds):
         name = os.path.splitext(os.path.basename(config))[0]
@@ -128,10 +125,11 @@ def main(argv=None):
             continue
         if not os.path.exists(marker) and final_evaluation(out) is None:
             set_aside(out)
-            commands.append(run_one(config, seed, out, args.opts, args.num_gpus))
-            if final_evaluation(out) is None and not os.path.exists(marker):
+            returncode = run_one(config, seed, out, args.opts, args.num_gpus)
+            if returncode != 0 or final_evaluation(out) is None:
                 with open(marker, "w") as f:
-                    f.write("training finished without a final evaluation in metrics.json\n")
+                    f.write(f"training exited with status {returncode}; see stdout.log\n" if returncode
+                            else "training finished without a final evaluation in metrics.json\n")
         rec = None if os.path.exists(marker) else final_evaluation(out)
         if rec is None:
             # A run that diverged (Detectron2 stops on a non-finite loss) or crashed is a result too:
