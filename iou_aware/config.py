@@ -5,6 +5,8 @@ Defaults reproduce stock Detectron2 exactly: an unchanged config trains the stoc
 and combinations with a message that names the key.
 """
 
+import math
+
 from detectron2.config import CfgNode as CN
 
 NMS_TYPES = ("standard", "score_fused", "iou_guided", "soft")
@@ -134,6 +136,13 @@ def validate_iou_aware_config(cfg):
     _choice("ALPHA_IOU.PENALTY", c.ALPHA_IOU.PENALTY, ALPHA_IOU_PENALTIES)
     if c.ALPHA_IOU.ALPHA <= 0:
         _fail("ALPHA_IOU.ALPHA", f"must be > 0 (He et al. eq. 1), got {c.ALPHA_IOU.ALPHA}")
+    if c.ALPHA_IOU.ALPHA_PENALTY == 0:
+        _fail("ALPHA_IOU.ALPHA_PENALTY", "must be > 0 (He et al. eq. 3), or < 0 for the same as ALPHA")
+    if c.ALPHA_IOU.BOX_COX and c.ALPHA_IOU.PENALTY != "none":
+        _fail("ALPHA_IOU.BOX_COX", "the Box-Cox form is He et al. eq. 1, which has no penalty term: "
+              f"set ALPHA_IOU.PENALTY 'none' (got {c.ALPHA_IOU.PENALTY!r})")
+    if not math.exp(-1) - 1e-12 <= c.FOCAL_L1.BETA <= 1:
+        _fail("FOCAL_L1.BETA", f"must be in [1/e, 1] (Zhang et al. eq. 8), got {c.FOCAL_L1.BETA}")
     if c.FOCAL_EIOU.GAMMA < 0:
         _fail("FOCAL_EIOU.GAMMA", f"must be >= 0, got {c.FOCAL_EIOU.GAMMA}")
     if not 0 < c.HIOU.GAMMA <= 1:
@@ -145,6 +154,8 @@ def validate_iou_aware_config(cfg):
         _fail("SMOOTH_EIOU.POWER", f"must be >= 1 (Peng & Yu eq. 23), got {c.SMOOTH_EIOU.POWER}")
     if c.IOU_BALANCED_LOC.LAMBDA < 0:
         _fail("IOU_BALANCED_LOC.LAMBDA", f"must be >= 0, got {c.IOU_BALANCED_LOC.LAMBDA}")
+    if c.IOU_BALANCED_LOC.LOC_WEIGHT < 0:
+        _fail("IOU_BALANCED_LOC.LOC_WEIGHT", f"must be >= 0, got {c.IOU_BALANCED_LOC.LOC_WEIGHT}")
     _choice("CLS_LOSS", c.CLS_LOSS, CLS_LOSSES)
     if c.IOU_BALANCED_CLS.ETA < 0:
         _fail("IOU_BALANCED_CLS.ETA", f"must be >= 0, got {c.IOU_BALANCED_CLS.ETA}")
@@ -152,6 +163,11 @@ def validate_iou_aware_config(cfg):
     if c.HARMONIC.TC_LOSS and c.CLS_LOSS != "harmonic":
         _fail("HARMONIC.TC_LOSS", "the Task-Contrastive loss is part of the harmonic loss "
               "(Wang & Zhang eq. 12): set CLS_LOSS 'harmonic'")
+    for key in ("TC_MARGIN", "TC_WEIGHT"):
+        if c.HARMONIC[key] < 0:
+            _fail(f"HARMONIC.{key}", f"must be >= 0 (Wang & Zhang eq. 8), got {c.HARMONIC[key]}")
+    if c.IOU_HEAD.LOSS_WEIGHT < 0:
+        _fail("IOU_HEAD.LOSS_WEIGHT", f"must be >= 0, got {c.IOU_HEAD.LOSS_WEIGHT}")
     _choice("NMS.TYPE", c.NMS.TYPE, NMS_TYPES)
     if c.NMS.TYPE in ("score_fused", "iou_guided") and not c.IOU_HEAD.ENABLED:
         _fail("NMS.TYPE", f"{c.NMS.TYPE!r} NMS ranks by the predicted IoU: it needs "

@@ -295,6 +295,13 @@ def test_each_nms_type_returns_valid_instances(config, nms):
         (["MODEL.IOU_AWARE.NMS.FUSION_ALPHA", "1.5", "MODEL.IOU_AWARE.IOU_HEAD.ENABLED", "True"],
          "MODEL.IOU_AWARE.NMS.FUSION_ALPHA"),
         (["MODEL.IOU_AWARE.HARMONIC.TC_LOSS", "True"], "MODEL.IOU_AWARE.HARMONIC.TC_LOSS"),
+        (["MODEL.IOU_AWARE.FOCAL_L1.BETA", "0.2"], "MODEL.IOU_AWARE.FOCAL_L1.BETA"),
+        (["MODEL.IOU_AWARE.ALPHA_IOU.BOX_COX", "True", "MODEL.IOU_AWARE.ALPHA_IOU.PENALTY", "giou"],
+         "MODEL.IOU_AWARE.ALPHA_IOU.BOX_COX"),
+        (["MODEL.IOU_AWARE.ALPHA_IOU.ALPHA_PENALTY", "0.0"], "MODEL.IOU_AWARE.ALPHA_IOU.ALPHA_PENALTY"),
+        (["MODEL.IOU_AWARE.IOU_BALANCED_LOC.LOC_WEIGHT", "-1.0"], "MODEL.IOU_AWARE.IOU_BALANCED_LOC.LOC_WEIGHT"),
+        (["MODEL.IOU_AWARE.HARMONIC.TC_MARGIN", "-0.1"], "MODEL.IOU_AWARE.HARMONIC.TC_MARGIN"),
+        (["MODEL.IOU_AWARE.IOU_HEAD.LOSS_WEIGHT", "-1.0"], "MODEL.IOU_AWARE.IOU_HEAD.LOSS_WEIGHT"),
     ],
 )
 @pytest.mark.parametrize("config", [RETINANET, RCNN])
@@ -308,3 +315,35 @@ def test_unknown_box_loss_lists_valid_names():
         build_model(make_cfg(RETINANET, "MODEL.IOU_AWARE.BOX_LOSS", "eiou"))
     for name in ("smooth_extended_iou", "efficient_iou", "alpha_iou"):
         assert name in str(e.value)
+
+
+# ------------------------------------------------------------------------- shipped configs
+SHIPPED_CONFIGS = sorted(
+    os.path.relpath(os.path.join(d, f), REPO)
+    for d, _, files in os.walk(os.path.join(REPO, "configs"))
+    for f in files
+    if f.endswith(".yaml") and not f.startswith("Base-")
+)
+
+
+def test_shipped_configs_are_found():
+    assert len(SHIPPED_CONFIGS) >= 20
+    assert "configs/synthetic/retinanet_R18_FPN_iou_aware.yaml" in SHIPPED_CONFIGS
+
+
+@pytest.mark.parametrize("config", SHIPPED_CONFIGS)
+def test_shipped_config_builds_its_model(config):
+    """Every config under configs/ loads, passes validation and builds (no weights are loaded);
+    the method configs build the IoU-aware detector with the loss their name announces."""
+    cfg = setup_cfg(os.path.join(REPO, config), ["MODEL.FPN.OUT_CHANNELS", "64"])
+    model = build_model(cfg)
+    name = os.path.basename(config)
+    method = {"alpha_iou": "alpha_iou", "focal_eiou": "focal_efficient_iou", "harmonic": "harmonic_iou",
+              "smooth_eiou_iouhead": "smooth_extended_iou", "iou_balanced": "iou_balanced_smooth_l1",
+              "iou_aware": "focal_efficient_iou"}
+    expected = [loss for key, loss in method.items() if name.endswith(f"_{key}.yaml")]
+    assert cfg.MODEL.IOU_AWARE.BOX_LOSS == (expected[0] if expected else "")
+    if expected:
+        iou_aware_model = type(model).__name__ == "IoUAwareRetinaNet" or (
+            type(model.roi_heads).__name__ == "IoUAwareROIHeads")
+        assert iou_aware_model, f"{config} builds a stock {type(model).__name__}"

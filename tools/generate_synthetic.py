@@ -3,7 +3,7 @@
 
 Example::
 
-    python tools/generate_synthetic.py --num-train 600 --num-val 100 --image-size 128 --seed 0
+    python tools/generate_synthetic.py --num-train 1000 --num-val 100 --image-size 128 --seed 0
 
 Training does not need this step (the registered datasets are generated on first use); it is
 for inspecting the data or generating it ahead of time. Existing complete splits with the same

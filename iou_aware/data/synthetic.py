@@ -113,7 +113,7 @@ _MIN_SHORT_SIDE = {
 #: Registered dataset names, by split.
 SYNTHETIC_DATASET_NAMES = {"train": "synthetic_shapes_train", "val": "synthetic_shapes_val"}
 
-DEFAULT_NUM_TRAIN = 600
+DEFAULT_NUM_TRAIN = 1000  # the same as the config default DATASETS.SYNTHETIC.NUM_TRAIN
 DEFAULT_NUM_VAL = 100
 DEFAULT_IMAGE_SIZE = (128, 128)
 DEFAULT_SEED = 0
