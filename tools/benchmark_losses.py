@@ -178,13 +178,15 @@ def main(argv=None):
         help="cpu (default): this process's CPU time, steady on a machine shared with other jobs "
         "when --threads is 1 (CUDA is always timed by the wall clock); wall: elapsed time",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random boxes")
     parser.add_argument("--output", default="output/benchmarks/losses.csv", help="CSV file to write")
     args = parser.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    if any(d.startswith("cuda") for d in devices) and not torch.cuda.is_available():
+        parser.error("--devices cuda: no CUDA device is available to torch here")
     rows = []
     for dev in devices:
         device = torch.device(dev)

@@ -59,7 +59,9 @@ paper says otherwise; ratios above it are marked with ``*``.
     python tools/benchmark_training.py --configs configs/synthetic/retinanet_R18_FPN_harmonic.yaml
     python tools/benchmark_training.py --quick                          # 2 rounds, batch 2 (tests)
 
-Trailing ``KEY VALUE`` pairs override every config (e.g. ``DATASETS.SYNTHETIC.ROOT /tmp/d``).
+Trailing ``KEY VALUE`` pairs override every config (e.g. ``DATASETS.SYNTHETIC.ROOT /tmp/d``); after
+``--configs`` they need another option in between (``--configs X.yaml --output f.csv KEY VALUE``),
+else they are read as more configs.
 """
 
 import argparse
@@ -107,7 +109,7 @@ FIELDS = [
     "train_ms", "train_ratio", "train_ratio_q25", "train_ratio_q75", "train_wall_ms", "train_wall_ratio",
     "loss_ms", "infer_ms", "infer_ratio", "infer_ratio_q25", "infer_ratio_q75",
     "infer_wall_ms", "infer_wall_ratio", "post_ms",
-    "peak_mb", "peak_ratio", "fwd_bwd_peak_mb", "fwd_bwd_peak_ratio", "params_m",
+    "peak_mb", "peak_ratio", "fwd_bwd_peak_mb", "fwd_bwd_peak_ratio", "params_m", "extra_params",
 ]
 
 
@@ -516,6 +518,7 @@ def make_rows(groups: List[Group], args, device) -> List[dict]:
                 "fwd_bwd_peak_mb": _mb(e.fwd_bwd_peak_bytes),
                 "fwd_bwd_peak_ratio": _ratio(e.fwd_bwd_peak_bytes, stock.fwd_bwd_peak_bytes),
                 "params_m": e.params / 1e6,
+                "extra_params": e.params - stock.params,
             })
     return rows
 
@@ -537,7 +540,7 @@ def markdown_table(rows: List[dict]) -> str:
     head += ["wall ratio"] if extra else []
     head += ["loss ms", f"infer ms/img ({clock})", "ratio", "ratio IQR"]
     head += ["wall ratio"] if extra else []
-    head += ["post ms", "peak MB", "ratio", "fwd+bwd peak MB", "ratio", "params M"]
+    head += ["post ms", "peak MB", "ratio", "fwd+bwd peak MB", "ratio", "params M", "params vs stock"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"], r["detector"], f"{r['train_ms']:.0f}", _fmt_ratio(r["train_ratio"]),
@@ -547,7 +550,8 @@ def markdown_table(rows: List[dict]) -> str:
                   f"{r['infer_ratio_q25']:.2f}-{r['infer_ratio_q75']:.2f}"]
         cells += [_fmt_ratio(r["infer_wall_ratio"])] if extra else []
         cells += [f"{r['post_ms']:.1f}", _fmt_mb(r["peak_mb"]), _fmt_ratio(r["peak_ratio"]),
-                  _fmt_mb(r["fwd_bwd_peak_mb"]), _fmt_ratio(r["fwd_bwd_peak_ratio"]), f"{r['params_m']:.3f}"]
+                  _fmt_mb(r["fwd_bwd_peak_mb"]), _fmt_ratio(r["fwd_bwd_peak_ratio"]), f"{r['params_m']:.3f}",
+                  f"{r['extra_params']:+,}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -584,7 +588,7 @@ def parse_args(argv=None):
                    "With trained weights and --infer-score-thresh config, inference sees the "
                    "candidates a trained detector sends to NMS")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1 on CPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1 on CPU; 0: torch's default)")
     p.add_argument("--clock", choices=("auto", "wall", "cpu"), default="auto",
                    help="headline clock: wall, or cpu (process CPU time; CPU device only); auto = cpu "
                    "on the CPU device with one thread, else wall. Wall time is recorded either way")
@@ -597,6 +601,11 @@ def parse_args(argv=None):
     if args.quick:
         args.iters, args.warmup, args.infer_per_round = 2, 1, 1
         args.batch = args.batch or 2
+    if args.infer_score_thresh != "config":
+        try:
+            float(args.infer_score_thresh)
+        except ValueError:
+            p.error(f"--infer-score-thresh: a number or 'config', got {args.infer_score_thresh!r}")
     if args.iters < 1 or args.warmup < 0 or args.infer_per_round < 1:
         p.error("--iters and --infer-per-round must be >= 1, --warmup >= 0")
     if args.clock == "cpu" and not args.device.startswith("cpu"):
@@ -626,7 +635,7 @@ def _main(args) -> List[dict]:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available")
-    if device.type == "cpu":
+    if device.type == "cpu" and args.threads != 0:  # 0: torch's default, as in the other benchmarks
         torch.set_num_threads(args.threads or 1)
     if args.clock == "auto":
         args.clock = "cpu" if device.type == "cpu" and torch.get_num_threads() == 1 else "wall"

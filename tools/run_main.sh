@@ -3,14 +3,14 @@
 # built-in synthetic dataset (generated on first use), then run the demo on validation images with
 # IoU-guided NMS, side by side with standard NMS of the same model.
 #
-#   bash tools/run_main.sh [CONFIG] [KEY VALUE ...]     # default CONFIG below; trailing config overrides
+#   bash tools/run_main.sh [CONFIG.yaml] [KEY VALUE ...]     # default CONFIG below; trailing config overrides
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash tools/setup_env.sh
-PY=.venv/bin/python
+PY=${IOU_AWARE_VENV:-.venv}/bin/python
 
-CONFIG=${1:-configs/synthetic/retinanet_R18_FPN_iou_aware.yaml}
-shift || true
+CONFIG=configs/synthetic/retinanet_R18_FPN_iou_aware.yaml
+if [[ "${1:-}" == *.yaml || "${1:-}" == *.yml ]]; then CONFIG=$1; shift; fi
 # the config's OUTPUT_DIR and the validation images (generating the dataset if needed), in one start-up
 { read -r OUT; read -r VAL_IMAGES; } < <($PY -c "
 import sys
@@ -20,7 +20,7 @@ cfg = setup_cfg(sys.argv[1], sys.argv[2:])
 DatasetCatalog.get(cfg.DATASETS.TEST[0])
 print(cfg.OUTPUT_DIR)
 print(MetadataCatalog.get(cfg.DATASETS.TEST[0]).image_root)
-" "$CONFIG" "$@")
+" "$CONFIG" "$@") || true
 [[ -n "${OUT:-}" && -n "${VAL_IMAGES:-}" ]] || { echo "[main] error: could not load config $CONFIG" >&2; exit 1; }
 
 start=$(date +%s)

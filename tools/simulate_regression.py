@@ -694,7 +694,7 @@ def summary_lines(zhang, toy):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="output/simulations", help="folder for CSV, PNG and summary")
     p.add_argument("--quick", action="store_true",
@@ -706,10 +706,12 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=0.1, help="first step of the schedule (paper: 0.1)")
     p.add_argument("--coord-scale", type=float, default=DEFAULT_COORD_SCALE,
                    help="divide all coordinates by this before regressing (1 = the paper's raw units)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--setups", type=int, nargs="*", default=[1, 2], choices=[1, 2])
-    p.add_argument("--losses", nargs="*", default=list(LOSSES), choices=list(LOSSES))
-    p.add_argument("--toy-iterations", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0, help="seed of the points and boxes")
+    p.add_argument("--setups", type=int, nargs="*", default=[1, 2], choices=[1, 2],
+                   help="Algorithm 1 set-ups to run (1: 7x7 anchors to 7 targets, 2: 3x3 to 3)")
+    p.add_argument("--losses", nargs="*", default=list(LOSSES), choices=list(LOSSES),
+                   help="losses to regress with (default: all)")
+    p.add_argument("--toy-iterations", type=int, default=200, help="iterations of the Peng & Yu examples")
     p.add_argument("--toy-lr", type=float, default=0.1, help="constant step of the Peng & Yu examples")
     p.add_argument("--no-toy", action="store_true", help="skip the Peng & Yu examples")
     p.add_argument("--projects-dir", default="",
