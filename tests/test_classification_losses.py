@@ -77,6 +77,11 @@ def test_iou_balanced_weights_degenerate_and_extreme():
         torch.tensor([0.0, 0.5, 1.0], dtype=torch.float16), torch.tensor([6e4, 0.0, 1e-3], dtype=torch.float16)
     )
     assert w.dtype == torch.float32 and torch.isfinite(w).all()
+    # eq. 2 by hand: IoU^1.5 = [0, 0.353553, 1]; sum CE = 6e4 + 1e-3 (fp16 1e-3 = 0.00100040);
+    # sum IoU^1.5 CE = 0.00100040 -> w = IoU^1.5 * 60000.001 / 0.00100040
+    ce_small = float(torch.tensor(1e-3, dtype=torch.float16))
+    expected = torch.tensor([0.0, 0.5**1.5, 1.0]) * (6e4 + ce_small) / ce_small
+    torch.testing.assert_close(w, expected, rtol=1e-3, atol=0)
     # empty
     assert iou_balanced_classification_weights(torch.zeros(0), torch.zeros(0)).shape == (0,)
 
@@ -218,11 +223,13 @@ def test_task_contrastive_gradcheck():
 def test_task_contrastive_extremes_and_bad_arguments():
     scores = torch.tensor([0.0, 1.0, 0.5], dtype=torch.float16, requires_grad=True)
     ious = torch.tensor([1.0, 0.0, 0.5], dtype=torch.float16)
-    probs = torch.tensor([[0.0, 0.0, 0.0], [1e-8, 0.0, 0.0], [1.0, 1.0, 1.0]], dtype=torch.float16)
+    probs = torch.tensor([[0.0, 0.0, 0.0], [1e-3, 0.0, 0.0], [1.0, 1.0, 1.0]], dtype=torch.float16)
     out = task_contrastive_loss(scores, ious, probs)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
-    # all-zero row: H = 0 -> w = 1/2, gap 1 - 0.2 = 0.8 -> 0.4 ; one-hot row: 0.4 ; row 3: 0
-    torch.testing.assert_close(out, torch.tensor([0.4, 0.4, 0.0]), atol=1e-3, rtol=0)
+    # all-zero row: H = 0 (0 log 0 = 0) -> w = 1/2, gap 1 - 0.2 = 0.8 -> 0.4 ; tiny-mass row
+    # [1e-3, 0, 0] (representable in fp16, unlike 1e-8): normalized to one-hot -> H = 0 -> 0.4 ;
+    # row 3: gap 0 -> 0
+    torch.testing.assert_close(out, torch.tensor([0.4, 0.4, 0.0]), atol=1e-6, rtol=0)
     (g,) = torch.autograd.grad(out.sum(), scores)
     assert torch.isfinite(g).all()
     with pytest.raises(ValueError, match="margin"):

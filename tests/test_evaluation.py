@@ -594,7 +594,7 @@ def test_plot_consistency_tool(tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     out2 = tmp_path / "pred.png"
     with contextlib.redirect_stdout(io.StringIO()):
-        tool.main(
+        rc = tool.main(
             [
                 str(tmp_path / "a" / "coco_instances_results.json"),
                 "--gt-json",
@@ -604,4 +604,4 @@ def test_plot_consistency_tool(tmp_path):
                 str(out2),
             ]
         )
-    assert out2.stat().st_size > 1000
+    assert rc == 0 and out2.stat().st_size > 1000

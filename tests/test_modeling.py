@@ -5,6 +5,7 @@ that every combination trains for two steps in about a second.
 """
 
 import copy
+import functools
 import os
 
 import pytest
@@ -89,7 +90,10 @@ def train_steps(model, batch, steps=2, lr=0.01):
 def test_default_keys_equal_stock_detector(config):
     stock = build(make_cfg(config, iou_aware=False))
     ours = build(make_cfg(config))
-    assert type(ours) is not type(stock) or config == RCNN
+    if config == RCNN:
+        assert type(ours.roi_heads).__name__ == "IoUAwareROIHeads" != type(stock.roi_heads).__name__
+    else:
+        assert type(ours).__name__ == "IoUAwareRetinaNet" != type(stock).__name__
     ours.load_state_dict(stock.state_dict())
     batch = fake_batch()
 
@@ -123,11 +127,27 @@ COMBOS = [
 ]
 
 
+def box_loss_of(model):
+    return model.roi_heads.box_predictor.box_loss if hasattr(model, "roi_heads") else model.box_loss
+
+
 @pytest.mark.parametrize("config,loss,param", COMBOS, ids=lambda v: os.path.basename(str(v)))
 def test_every_box_loss_trains_two_steps(config, loss, param):
     cfg = make_cfg(config, "MODEL.IOU_AWARE.BOX_LOSS", loss, "MODEL.IOU_AWARE.BOX_PARAMETERIZATION", param)
     model = build(cfg)
+    # the configured loss and parameterization are the ones used: spy on the bound loss function
+    box_loss = box_loss_of(model)
+    assert box_loss.loss_fn.func is BOX_LOSSES[loss]
+    assert type(box_loss.transform).__name__ == ("CornerBoxTransform" if param == "corners" else "Box2BoxTransform")
+    calls = []
+
+    def counting(*a, **k):
+        calls.append(1)
+        return BOX_LOSSES[loss](*a, **k)
+
+    box_loss.loss_fn = functools.partial(counting, **box_loss.loss_fn.keywords)
     history = train_steps(model, fake_batch())
+    assert len(calls) == len(history)
     for losses in history:
         assert "loss_box_reg" in losses
         assert all(torch.isfinite(torch.tensor(v)) for v in losses.values()), losses
@@ -146,10 +166,16 @@ def test_every_box_loss_trains_two_steps(config, loss, param):
     ],
     ids=["iou_balanced", "harmonic_tc", "smooth_eiou_iou_head"],
 )
-def test_method_combinations_train(config, opts):
+def test_method_combinations_train(config, opts, monkeypatch):
+    weights = []
+    original = cls_losses_module.iou_balanced_classification_weights
+    monkeypatch.setattr(cls_losses_module, "iou_balanced_classification_weights",
+                        lambda *a, **k: weights.append(1) or original(*a, **k))
     history = train_steps(build(make_cfg(config, *opts)), fake_batch())
     for losses in history:
         assert all(torch.isfinite(torch.tensor(v)) for v in losses.values()), losses
+    # the IoU-balanced classification weights (Wu & Li eq. 1-2) are computed at each step iff configured
+    assert len(weights) == (len(history) if "iou_balanced" in opts else 0)
     if "harmonic" in opts:
         assert {"loss_harmonic", "loss_tc", "loss_cls"} <= history[0].keys()
     if "MODEL.IOU_AWARE.IOU_HEAD.ENABLED" in opts:
@@ -162,7 +188,7 @@ def _captured_positives(model, batch, monkeypatch):
     original = cls_losses_module.combine_cls_and_box_losses
 
     def spy(c, cls_pos, cls_neg_sum, loc, ious, *args, **kwargs):
-        seen.update(cls_pos=cls_pos.detach(), loc=loc.detach(), ious=ious)
+        seen.update(cls_pos=cls_pos.detach(), loc=loc.detach(), loc_live=loc, ious=ious)
         return original(c, cls_pos, cls_neg_sum, loc, ious, *args, **kwargs)
 
     for mod in ("iou_aware.modeling.retinanet", "iou_aware.modeling.roi_heads"):
@@ -181,12 +207,16 @@ def test_harmonic_default_moves_boxes_toward_targets_at_iteration_0(config, monk
     model = build(cfg)
     model.train()
     batch = fake_batch()
-    _, seen = _captured_positives(model, batch, monkeypatch)
+    losses, seen = _captured_positives(model, batch, monkeypatch)
     cls, loc = seen["cls_pos"], seen["loc"]
     assert len(cls) > 0
+    # the gradient the code actually produces w.r.t. each positive's box loss is positive ...
+    (grad,) = torch.autograd.grad(losses["loss_harmonic"], seen["loc_live"], retain_graph=True)
+    assert (grad > 0).all(), grad
+    # ... and is the eq. 2-3 slope up to the positive normalizer (detached factors drop the last term)
     detached = model.roi_heads.box_predictor.harmonic_detach_factors if config == RCNN else model.harmonic_detach_factors
     slope = 1 + torch.exp(-cls) - (0 if detached else cls * torch.exp(-loc))
-    assert (slope > 0).all(), slope
+    torch.testing.assert_close(grad / grad.sum(), slope / slope.sum(), rtol=1e-4, atol=1e-6)
 
     # and a small gradient step on the harmonic term alone brings the positives' boxes closer to
     # their targets (their box loss falls; Faster R-CNN's positives include the ground-truth boxes
@@ -265,13 +295,22 @@ def test_iou_head_learns_on_fixed_batch(config, monkeypatch):
 # ------------------------------------------------------------------------------ inference/NMS
 @pytest.mark.parametrize("config", [RETINANET, RCNN])
 @pytest.mark.parametrize("nms", ["standard", "score_fused", "iou_guided", "soft"])
-def test_each_nms_type_returns_valid_instances(config, nms):
+def test_each_nms_type_returns_valid_instances(config, nms, monkeypatch):
     cfg = make_cfg(config, "MODEL.IOU_AWARE.IOU_HEAD.ENABLED", "True", "MODEL.IOU_AWARE.NMS.TYPE", nms,
                    "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
     model = build(cfg)
     model.eval()
+    # the configured NMS is the one that runs (and no other), once per image
+    import iou_aware.nms as nms_ops
+
+    called = []
+    for name in ("batched_nms", "soft_nms", "score_fused_nms", "iou_guided_nms"):
+        original = getattr(nms_ops, name)
+        monkeypatch.setattr(nms_ops, name, lambda *a, _f=original, _n=name, **k: called.append(_n) or _f(*a, **k))
     with torch.no_grad():
         outputs = model(fake_batch())
+    expected = {"standard": "batched_nms", "soft": "soft_nms"}.get(nms, f"{nms}_nms")
+    assert called == [expected] * len(outputs), called
     for out in outputs:
         inst = out["instances"]
         assert len(inst) > 0

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pycocotools_mask = pytest.importorskip("pycocotools.mask")
-from pycocotools.coco import COCO  # noqa: E402
+from pycocotools import mask as pycocotools_mask
+from pycocotools.coco import COCO
 
 from conftest import load_tool  # noqa: E402
 from iou_aware.data import synthetic  # noqa: E402
@@ -294,7 +294,6 @@ def _no_warnings():
 
 
 def test_load_coco_json_without_warnings(small_split):
-    pytest.importorskip("detectron2")
     from detectron2.data import MetadataCatalog
     from detectron2.data.datasets.coco import load_coco_json
     from detectron2.structures import BoxMode
@@ -321,7 +320,6 @@ def test_load_coco_json_without_warnings(small_split):
 @pytest.fixture
 def restore_registration():
     """Put back whatever synthetic_shapes_* registration existed before the test."""
-    pytest.importorskip("detectron2")
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     names = list(synthetic.SYNTHETIC_DATASET_NAMES.values())
