@@ -102,3 +102,35 @@ def test_cell_format(tool):
     assert tool.fmt("AP", [11.0, 12.0]) == "11.5 ± 0.7"
     assert tool.fmt("AIC", [0.4, 0.41, float("nan")]) == "0.405 ± 0.007"  # nan (no value) ignored
     assert tool.fmt("AP", [None]) == "-"
+
+
+def test_stale_run_is_set_aside_and_run_again(tool, tmp_path, monkeypatch):
+    # a finished run whose saved config.yaml disagrees with what its config file sets now
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "Base.yaml").write_text("SOLVER:\n  MAX_ITER: 10\n  STEPS: (5, 8)\nMODEL:\n  X: 1.0\n")
+    (configs / "m.yaml").write_text('_BASE_: "Base.yaml"\nMODEL:\n  X: 2.5  # changed after the run\n')
+    run_dir = tmp_path / "out" / "m_seed0"
+    run_dir.mkdir(parents=True)
+    saved = "SOLVER:\n  MAX_ITER: 10\n  STEPS:\n  - 5\n  - 8\nMODEL:\n  X: 1.0\n  Y: 3\nSEED: 0\n"
+    (run_dir / "config.yaml").write_text(saved)
+    (run_dir / "metrics.json").write_text(json.dumps({"iteration": 9, "bbox/AP": 1.0}) + "\n")
+    config = str(configs / "m.yaml")
+    assert tool.changed_settings(config, str(run_dir)) == [("MODEL.X", 1.0, 2.5)]
+    # tuples written in a config file equal the lists Detectron2 dumps; keys the file does not set
+    # (MODEL.Y) are not compared; --opts count as set
+    (configs / "m.yaml").write_text('_BASE_: "Base.yaml"\n')
+    assert tool.changed_settings(config, str(run_dir)) == []
+    assert tool.changed_settings(config, str(run_dir), ["MODEL.Y", "4"]) == [("MODEL.Y", 3, "4")]
+    assert tool.changed_settings(config, str(run_dir), ["MODEL.Y", "3"]) == []
+    (configs / "m.yaml").write_text('_BASE_: "Base.yaml"\nMODEL:\n  X: 2.5\n')
+
+    fake = FakeTraining()
+    monkeypatch.setattr(tool.subprocess, "run", fake)
+    argv = ["--configs", config, "--seeds", "0", "--output", str(tmp_path / "out")]
+    assert tool.main([*argv, "--report-only"]) == 0 and fake.calls == []
+    assert "| m | 0 (seed 0 stale: config changed) | - |" in (tmp_path / "out" / "results.md").read_text()
+    assert tool.main(argv) == 0 and fake.calls == [("m.yaml", 0)]
+    assert tool.final_evaluation(str(run_dir))["bbox/AP"] == 10.0
+    (aside,) = [p for p in os.listdir(tmp_path / "out") if p.startswith("m_seed0.stale-")]
+    assert (tmp_path / "out" / aside / "config.yaml").read_text() == saved

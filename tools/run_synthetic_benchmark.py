@@ -13,11 +13,14 @@ correlation, AIC and, for models with an IoU head, predicted/actual IoU Pearson 
 
 Finished runs (a final evaluation in metrics.json) are reused, so an interrupted benchmark resumes. A
 run that fails (for example a diverged loss) is listed as failed in the table and the others go on;
-the exit status is then 1, and later invocations skip it unless given --retry-failed.
+the exit status is then 1, and later invocations skip it unless given --retry-failed. A run whose
+saved config.yaml disagrees with a key its config file chain (or --opts) sets now is stale: its
+folder is moved to ``<folder>.stale-<time>`` and the run is made again (--report-only lists it).
 Writes OUTPUT/results.csv and OUTPUT/results.md.
 """
 
 import argparse
+import ast
 import csv
 import glob
 import json
@@ -58,6 +61,59 @@ def final_evaluation(output_dir):
         if last.get("iteration", -1) < max_iter - 1:
             return None
     return last
+
+
+def _normalize(value):
+    """Config values as Detectron2 dumps them: "(1, 2)" written in a config file is the list [1, 2]."""
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+    if isinstance(value, (list, tuple)):
+        return [_normalize(v) for v in value]
+    return value
+
+
+def _flatten(tree, prefix=""):
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_file_values(path):
+    """Every key a config file sets, its _BASE_ chain included (the file's own values win)."""
+    with open(path) as f:
+        tree = yaml.safe_load(f) or {}
+    values = {}
+    base = tree.pop("_BASE_", None)
+    if base:
+        values.update(config_file_values(os.path.join(os.path.dirname(path), base)))
+    values.update(_flatten(tree))
+    return values
+
+
+def changed_settings(config, output_dir, opts=()):
+    """``(key, value the run used, value the config gives now)`` for every key that the config file
+    chain or ``opts`` sets and the run's saved config.yaml disagrees with: a run trained before the
+    config was edited is stale. Empty when either file is missing (runs copied in)."""
+    saved, path = os.path.join(output_dir, "config.yaml"), os.path.join(REPO, config)
+    if not (os.path.isfile(saved) and os.path.isfile(path)):
+        return []
+    with open(saved) as f:
+        ran = _flatten(yaml.safe_load(f) or {})
+    wanted = config_file_values(path)
+    wanted.update(zip(opts[::2], opts[1::2]))
+    return [
+        (key, ran.get(key, "(not set)"), value)
+        for key, value in sorted(wanted.items())
+        if key not in ("OUTPUT_DIR", "SEED", "VERSION")
+        and (key not in ran or _normalize(ran[key]) != _normalize(value))
+    ]
 
 
 def set_aside(output_dir):
@@ -109,7 +165,7 @@ def main(argv=None):
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="config overrides for every run")
     args = p.parse_args(argv)
 
-    rows, failed, missing = [], {}, {}
+    rows, failed, missing, stale = [], {}, {}, {}
     total = len(args.configs) * len(args.seeds)
     for k, (config, seed) in enumerate((c, s) for c in args.configs for s in args.seeds):
         name = os.path.splitext(os.path.basename(config))[0]
@@ -117,6 +173,18 @@ def main(argv=None):
         os.makedirs(out, exist_ok=True)
         print(f"[benchmark] run {k + 1}/{total}: {name} seed {seed}", flush=True)
         marker = os.path.join(out, FAILED_MARK)
+        changes = changed_settings(config, out, args.opts)
+        if changes:
+            said = "; ".join(f"{k}: {old!r} then, {new!r} now" for k, old, new in changes)
+            if args.report_only:
+                print(f"[benchmark] {out} is stale (the config changed: {said})", flush=True)
+                stale.setdefault(name, []).append(seed)
+                continue
+            aside = f"{out}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
+            print(f"[benchmark] the config changed since this run ({said}): moved to {aside}, "
+                  "running again", flush=True)
+            os.replace(out, aside)
+            os.makedirs(out)
         if args.retry_failed and os.path.exists(marker):
             os.remove(marker)
             set_aside(out)
@@ -152,7 +220,7 @@ def main(argv=None):
         runs = [r for r in rows if r["config"] == name]
         cells = [fmt(m, [r[m] for r in runs]) for m in METRICS]
         seeds = str(len(runs))
-        for what, seeds_of in (("failed", failed), ("not run", missing)):
+        for what, seeds_of in (("failed", failed), ("not run", missing), ("stale: config changed", stale)):
             if name in seeds_of:
                 seeds += f" (seed {', '.join(map(str, seeds_of[name]))} {what})"
         lines.append(f"| {name} | {seeds} | {' | '.join(cells)} |")
