@@ -728,7 +728,6 @@ def test_registry_lists_our_losses():
     assert set(BOX_LOSSES) == set(OUR_NAMES) | {"smooth_l1", "focal_l1", "iou_balanced_smooth_l1"}
 
 
-
 def test_build_box_loss_binds_parameters():
     from iou_aware.losses import build_box_loss
 

@@ -14,9 +14,9 @@ from PIL import Image
 from pycocotools import mask as pycocotools_mask
 from pycocotools.coco import COCO
 
-from conftest import load_tool  # noqa: E402
-from iou_aware.data import synthetic  # noqa: E402
-from iou_aware.data.synthetic import (  # noqa: E402
+from conftest import load_tool
+from iou_aware.data import synthetic
+from iou_aware.data.synthetic import (
     CLASS_NAMES,
     SyntheticShapesParams,
     dataset_dir,

@@ -32,6 +32,7 @@ import sys
 import time
 
 import yaml
+from fvcore.common.config import CfgNode
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIGS = sorted(
@@ -86,15 +87,8 @@ def _flatten(tree, prefix=""):
 
 
 def config_file_values(path):
-    """Every key a config file sets, its _BASE_ chain included (the file's own values win)."""
-    with open(path) as f:
-        tree = yaml.safe_load(f) or {}
-    values = {}
-    base = tree.pop("_BASE_", None)
-    if base:
-        values.update(config_file_values(os.path.join(os.path.dirname(path), base)))
-    values.update(_flatten(tree))
-    return values
+    """Every key a config file sets, its _BASE_ chain merged as Detectron2 merges it."""
+    return _flatten(CfgNode.load_yaml_with_base(path))
 
 
 def changed_settings(config, output_dir, opts=()):
@@ -175,7 +169,7 @@ def main(argv=None):
         marker = os.path.join(out, FAILED_MARK)
         changes = changed_settings(config, out, args.opts)
         if changes:
-            said = "; ".join(f"{k}: {old!r} then, {new!r} now" for k, old, new in changes)
+            said = "; ".join(f"{key}: {old!r} then, {new!r} now" for key, old, new in changes)
             if args.report_only:
                 print(f"[benchmark] {out} is stale (the config changed: {said})", flush=True)
                 stale.setdefault(name, []).append(seed)
