@@ -127,8 +127,9 @@ COMBOS = [
 ]
 
 
-def box_loss_of(model):
-    return model.roi_heads.box_predictor.box_loss if hasattr(model, "roi_heads") else model.box_loss
+def iou_aware_part(model):
+    """Where the IoU-aware settings live: the RetinaNet itself, or Faster R-CNN's box predictor."""
+    return model.roi_heads.box_predictor if hasattr(model, "roi_heads") else model
 
 
 @pytest.mark.parametrize("config,loss,param", COMBOS, ids=lambda v: os.path.basename(str(v)))
@@ -136,7 +137,7 @@ def test_every_box_loss_trains_two_steps(config, loss, param):
     cfg = make_cfg(config, "MODEL.IOU_AWARE.BOX_LOSS", loss, "MODEL.IOU_AWARE.BOX_PARAMETERIZATION", param)
     model = build(cfg)
     # the configured loss and parameterization are the ones used: spy on the bound loss function
-    box_loss = box_loss_of(model)
+    box_loss = iou_aware_part(model).box_loss
     assert box_loss.loss_fn.func is BOX_LOSSES[loss]
     assert type(box_loss.transform).__name__ == ("CornerBoxTransform" if param == "corners" else "Box2BoxTransform")
     calls = []
@@ -214,7 +215,7 @@ def test_harmonic_default_moves_boxes_toward_targets_at_iteration_0(config, monk
     (grad,) = torch.autograd.grad(losses["loss_harmonic"], seen["loc_live"], retain_graph=True)
     assert (grad > 0).all(), grad
     # ... and is the eq. 2-3 slope up to the positive normalizer (detached factors drop the last term)
-    detached = model.roi_heads.box_predictor.harmonic_detach_factors if config == RCNN else model.harmonic_detach_factors
+    detached = iou_aware_part(model).harmonic_detach_factors
     slope = 1 + torch.exp(-cls) - (0 if detached else cls * torch.exp(-loc))
     torch.testing.assert_close(grad / grad.sum(), slope / slope.sum(), rtol=1e-4, atol=1e-6)
 
