@@ -135,8 +135,38 @@ def _assert_result(keep, out, ref_keep, ref_scores, exact=True):
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["dense", "grid"])
+def suppressor_search(request, monkeypatch):
+    """Run the test with one of the two suppressor searches of IoU-guided NMS forced (dense
+    per-class blocks or the spatial grid), and check afterwards that only that one ran."""
+    import iou_aware.nms as nms_module
+
+    search = request.param
+    limit = 1 << 62 if search == "dense" else 0
+    monkeypatch.setattr(nms_module, "_DENSE_PAIRS_CPU", limit)
+    monkeypatch.setattr(nms_module, "_DENSE_PAIRS_CUDA", limit)
+    calls = {"dense": 0, "grid": 0, "with removed boxes": 0}
+    dispatch = nms_module._suppressor_of_removed
+
+    def dispatch_spy(boxes, shifted, keep_mask, *args):
+        calls["with removed boxes"] += int(not keep_mask.all())
+        return dispatch(boxes, shifted, keep_mask, *args)
+
+    monkeypatch.setattr(nms_module, "_suppressor_of_removed", dispatch_spy)
+    for name, attr in (("dense", "_suppressor_dense"), ("grid", "_suppressor_by_grid")):
+
+        def spy(*args, _name=name, _fn=getattr(nms_module, attr), **kwargs):
+            calls[_name] += 1
+            return _fn(*args, **kwargs)
+
+        monkeypatch.setattr(nms_module, attr, spy)
+    yield search
+    other = "grid" if search == "dense" else "dense"
+    assert calls[search] == calls["with removed boxes"] and calls[other] == 0, calls
+
+
 @pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
-def test_iou_guided_matches_algorithm_1(threshold):
+def test_iou_guided_matches_algorithm_1(threshold, suppressor_search):
     for seed in range(25):
         n = 20 + 7 * seed
         boxes, scores, ious, idxs = clustered_boxes(seed, n, num_classes=1 + seed % 4)
@@ -146,7 +176,7 @@ def test_iou_guided_matches_algorithm_1(threshold):
 
 
 @pytest.mark.parametrize("threshold", [-0.5, 0.0, 0.05, 0.95, 1.0])
-def test_iou_guided_extreme_thresholds(threshold):
+def test_iou_guided_extreme_thresholds(threshold, suppressor_search):
     # t <= 0: every overlapping pair counts (no spatial window); t >= 1: nothing is removed
     for seed in range(6):
         boxes, scores, ious, idxs = clustered_boxes(700 + seed, 60, num_classes=2)
@@ -155,7 +185,7 @@ def test_iou_guided_extreme_thresholds(threshold):
         _assert_result(keep, out, ref_keep, ref_scores)
 
 
-def test_iou_guided_ties_in_ious_and_scores():
+def test_iou_guided_ties_in_ious_and_scores(suppressor_search):
     for seed in range(15):
         boxes, scores, ious, idxs = clustered_boxes(
             100 + seed, 80, num_classes=3, quantize_ious=True
@@ -166,7 +196,7 @@ def test_iou_guided_ties_in_ious_and_scores():
         _assert_result(keep, out, ref_keep, ref_scores)
 
 
-def test_iou_guided_unquantized_float_boxes():
+def test_iou_guided_unquantized_float_boxes(suppressor_search):
     for seed in range(10):
         boxes, scores, ious, idxs = clustered_boxes(200 + seed, 120, num_classes=3, grid=0)
         keep, out = iou_guided_nms(boxes, scores, ious, idxs, 0.5)
@@ -174,7 +204,7 @@ def test_iou_guided_unquantized_float_boxes():
         _assert_result(keep, out, ref_keep, ref_scores)
 
 
-def test_iou_guided_keeps_what_standard_nms_keeps_on_ious():
+def test_iou_guided_keeps_what_standard_nms_keeps_on_ious(suppressor_search):
     for seed in range(10):
         boxes, scores, ious, idxs = clustered_boxes(300 + seed, 300, num_classes=5)
         keep, out = iou_guided_nms(boxes, scores, ious, idxs, 0.5)
@@ -184,11 +214,12 @@ def test_iou_guided_keeps_what_standard_nms_keeps_on_ious():
 
 
 def test_iou_guided_many_boxes_pair_chunks(monkeypatch):
-    # force the (kept, removed) pair list to be processed in several chunks
+    # force the grid search's (kept, removed) pair list to be processed in several chunks
     import iou_aware.nms as nms_module
 
     boxes, scores, ious, idxs = clustered_boxes(7, 400, num_classes=2, num_objects=12)
-    expected = iou_guided_nms(boxes, scores, ious, idxs, 0.5)
+    expected = iou_guided_nms(boxes, scores, ious, idxs, 0.5)  # the dense search, at this size
+    monkeypatch.setattr(nms_module, "_DENSE_PAIRS_CPU", 0)  # the grid search
     monkeypatch.setattr(nms_module, "_MAX_PAIRS_PER_CHUNK_CPU", 97)
     monkeypatch.setattr(nms_module, "_NMS_GROUP_BOXES_CPU", 16)  # and several kernel groups
     keep, out = iou_guided_nms(boxes, scores, ious, idxs, 0.5)
@@ -234,6 +265,7 @@ def test_iou_guided_finds_suppressor_at_the_edge_of_the_window(threshold, remove
     # the removed box is the narrow one (the window is the removed box's).
     import iou_aware.nms as nms_module
 
+    monkeypatch.setattr(nms_module, "_DENSE_PAIRS_CPU", 0)  # the grid search
     monkeypatch.setattr(nms_module, "_CELL_FACTOR", 1e-6)
     m, wide = 10.0, 10.0 / threshold * (1 - 1e-6)
     narrow_box, wide_box = [20.0, 0.0, 20.0 + m, 10.0], [20.0, 0.0, 20.0 + wide, 10.0]
@@ -248,7 +280,7 @@ def test_iou_guided_finds_suppressor_at_the_edge_of_the_window(threshold, remove
 
 
 @pytest.mark.parametrize("rank_of_middle_box", [0.7, 0.85])
-def test_iou_guided_removed_box_goes_to_the_first_kept_box(rank_of_middle_box):
+def test_iou_guided_removed_box_goes_to_the_first_kept_box(rank_of_middle_box, suppressor_search):
     # A and C are kept (IoU 0.25); B overlaps both above 0.5 and is removed by A, the first kept
     # box in rank order, whether B ranks below C or between A and C: only A takes B's score.
     boxes = torch.tensor([[0, 0, 10, 10], [6, 0, 16, 10], [3, 0, 13, 10]], dtype=torch.float32)
@@ -261,7 +293,7 @@ def test_iou_guided_removed_box_goes_to_the_first_kept_box(rank_of_middle_box):
     _assert_result(keep, out, *ref)
 
 
-def test_iou_guided_best_localized_box_carries_cluster_score():
+def test_iou_guided_best_localized_box_carries_cluster_score(suppressor_search):
     boxes = torch.tensor(
         [[0, 0, 10, 10], [0, 0, 10, 11], [1, 0, 10, 10], [50, 50, 60, 60]], dtype=torch.float32
     )
