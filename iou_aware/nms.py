@@ -53,9 +53,11 @@ _MAX_PAIRS_PER_CHUNK_CPU = 1 << 14
 _MAX_PAIRS_PER_CHUNK_CUDA = 1 << 20
 # IoU-guided NMS tests every (kept, removed) pair of a class at once while the padded per-class
 # blocks hold at most this many pairs, and searches a spatial grid beyond (see
-# _suppressor_of_removed). On CPU the dense test has far fewer tensor operations and won up to
-# about 100k pairs (1,000 boxes in one class: 4.2 against 5.4 ms), the grid from about 150k on
-# (2,000 boxes in one class: 11 against 20 ms). On CUDA the pairs are tested in parallel.
+# _suppressor_of_removed). CPU, one thread, clustered boxes: the dense test (far fewer tensor
+# operations) won at 100k padded pairs (1,000 boxes, one class: 4.2 against 5.4 ms), the two
+# were even at 160k (2,000 boxes, 6 classes) and the grid won from 370k on (2,000 boxes, one
+# class: 11 against 20 ms). On CUDA, where the pairs are tested in parallel, the limit is a
+# memory bound (a few float64 blocks of 4M elements), not a measured crossover.
 _DENSE_PAIRS_CPU = 1 << 17
 _DENSE_PAIRS_CUDA = 1 << 22
 
@@ -366,33 +368,40 @@ def _suppressor_dense(
     """:func:`_suppressor_of_removed` by testing every (kept, removed) pair of each class.
 
     Kept boxes fill a ``(classes, most_kept)`` block in rank order, removed boxes a
-    ``(classes, most_removed)`` one; padding slots hold NaN coordinates, whose IoU is NaN and never
-    above the threshold, so they need no mask. The overlap test runs on the broadcast
-    ``(classes, most_kept, most_removed)`` block, and the first hit along the kept axis is the
-    first overlapping kept box in rank order.
+    ``(classes, most_removed)`` one; padding slots hold NaN, whose IoU and rank comparisons are
+    always false, so they need no mask. The pairs of the broadcast
+    ``(classes, most_kept, most_removed)`` block that overlap above the threshold, with the kept box
+    ranked above the removed one, are the candidates; the first along the kept axis is the first
+    in rank order. (The rank condition is implied when the overlap decisions are the kernel's,
+    which they are on CPU; it is kept so that a near-threshold pair decided differently on CUDA can
+    never hand a score to a box ranked below, as in the grid search.)
     """
     num_classes = kept_per_class.shape[0]
-    columns = _box_columns(shifted)
+    rank = torch.arange(shifted.shape[0], dtype=shifted.dtype, device=shifted.device)
+    columns = torch.cat([_box_columns(shifted), rank.unsqueeze(0)])  # x1, y1, x2, y2, area, rank
     kept_cls, removed_cls = cls.index_select(0, kept_pos), cls.index_select(0, removed_pos)
     kept_slot, kept_begins = _slot_in_class(kept_cls, kept_per_class)
     removed_slot, _ = _slot_in_class(removed_cls, removed_per_class)
 
     def padded(pos: Tensor, flat: Tensor, width: int) -> Tensor:
-        block = columns.new_full((5, num_classes * width), math.nan)
+        block = columns.new_full((6, num_classes * width), math.nan)
         block[:, flat] = columns.index_select(1, pos)
         return block
 
     kept_flat = kept_cls * most_kept + kept_slot
     removed_flat = removed_cls * most_removed + removed_slot
-    kept_block = padded(kept_pos, kept_flat, most_kept).view(5, num_classes, most_kept, 1)
-    removed_block = padded(removed_pos, removed_flat, most_removed)
-    removed_block = removed_block.view(5, num_classes, 1, most_removed)
-    hit = _overlap_above(kept_block.unbind(0), removed_block.unbind(0), iou_threshold)
-    # argmax returns the first maximum: the first kept box in rank order that overlaps
-    first = hit.to(torch.uint8).argmax(1).view(-1).index_select(0, removed_flat)
-    found = torch.nonzero(hit.any(1).view(-1).index_select(0, removed_flat)).squeeze(1)
+    *kept, kept_rank = padded(kept_pos, kept_flat, most_kept).view(6, num_classes, most_kept, 1)
+    removed = padded(removed_pos, removed_flat, most_removed)
+    *removed, removed_rank = removed.view(6, num_classes, 1, most_removed)
+    hit = _overlap_above(tuple(kept), tuple(removed), iou_threshold).logical_and_(
+        kept_rank < removed_rank
+    )
+    # argmax (which takes no bool) returns the first maximum: the first candidate in rank order
+    first = hit.to(torch.uint8).argmax(1, keepdim=True)
+    first_hits = hit.gather(1, first).view(-1).index_select(0, removed_flat)
+    found = torch.nonzero(first_hits).squeeze(1)
     kept_idx = kept_begins.index_select(0, removed_cls.index_select(0, found))
-    return found, kept_idx + first.index_select(0, found)
+    return found, kept_idx + first.view(-1).index_select(0, removed_flat.index_select(0, found))
 
 
 def _suppressor_by_grid(
@@ -550,8 +559,9 @@ def iou_guided_nms(
     Vectorized (no Python loop over boxes): the kept set is exactly the standard NMS result when
     ranking by ``ious`` (torchvision's kernel, a few classes per call, decisions in float64); a
     removed box belongs to the first kept box of its class, in rank order, that overlaps it above
-    the threshold (the one that removed it in Algorithm 1), found among same-class pairs that are
-    close enough in space to reach the threshold; the scores are combined with a scatter-max.
+    the threshold (the one that removed it in Algorithm 1), found by testing the same-class pairs
+    (all of them for small classes, those close enough in space to reach the threshold for large
+    ones); the scores are combined with a scatter-max.
 
     Returns ``(keep, out_scores)``, sorted by output score (highest first, ties by index).
     """

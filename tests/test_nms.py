@@ -218,7 +218,8 @@ def test_iou_guided_many_boxes_pair_chunks(monkeypatch):
     import iou_aware.nms as nms_module
 
     boxes, scores, ious, idxs = clustered_boxes(7, 400, num_classes=2, num_objects=12)
-    expected = iou_guided_nms(boxes, scores, ious, idxs, 0.5)  # the dense search, at this size
+    monkeypatch.setattr(nms_module, "_DENSE_PAIRS_CPU", 1 << 62)  # the dense search
+    expected = iou_guided_nms(boxes, scores, ious, idxs, 0.5)
     monkeypatch.setattr(nms_module, "_DENSE_PAIRS_CPU", 0)  # the grid search
     monkeypatch.setattr(nms_module, "_MAX_PAIRS_PER_CHUNK_CPU", 97)
     monkeypatch.setattr(nms_module, "_NMS_GROUP_BOXES_CPU", 16)  # and several kernel groups
@@ -579,7 +580,7 @@ def test_bad_input_raises_value_error(args, message):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_matches_cpu_and_references():
+def test_cuda_matches_cpu_and_references(suppressor_search):
     # float64 so that CPU and GPU round identically enough to give the same rankings
     for seed in range(5):
         boxes, scores, ious, idxs = clustered_boxes(
