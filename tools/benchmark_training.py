@@ -57,6 +57,8 @@ paper says otherwise; ratios above it are marked with ``*``.
     python tools/benchmark_training.py                                  # full run, CPU
     python tools/benchmark_training.py --device cuda --iters 50
     python tools/benchmark_training.py --configs configs/synthetic/retinanet_R18_FPN_harmonic.yaml
+    python tools/benchmark_training.py --configs configs/synthetic/retinanet_R18_FPN_iou_aware.yaml \
+        -- MODEL.IOU_AWARE.NMS.TYPE standard                            # config overrides, last
     python tools/benchmark_training.py --quick                          # 2 rounds, batch 2 (tests)
 
 Trailing ``KEY VALUE`` pairs override every config (e.g. ``DATASETS.SYNTHETIC.ROOT /tmp/d``); after
@@ -596,8 +598,14 @@ def parse_args(argv=None):
                    help="tiny run for tests: 2 rounds, 1 warm-up, batch 2, 1 image a round")
     p.add_argument("--output", default="output/benchmarks/training.csv",
                    help="CSV path; the markdown table goes next to it with the suffix .md")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every config")
+    p.add_argument("opts", nargs=argparse.REMAINDER,
+                   help="KEY VALUE config overrides for every config, last; after --configs, "
+                   "separate them with --  (--configs a.yaml -- MODEL.X 1)")
     args = p.parse_args(argv)
+    if args.opts[:1] == ["--"]:
+        args.opts = args.opts[1:]
+    if len(args.opts) % 2 or any(k.startswith("--") for k in args.opts[::2]):
+        p.error(f"config overrides must be KEY VALUE pairs after the options, got {args.opts}")
     if args.quick:
         args.iters, args.warmup, args.infer_per_round = 2, 1, 1
         args.batch = args.batch or 2
