@@ -53,12 +53,13 @@ _MAX_PAIRS_PER_CHUNK_CPU = 1 << 14
 _MAX_PAIRS_PER_CHUNK_CUDA = 1 << 20
 # IoU-guided NMS tests every (kept, removed) pair of a class at once while the padded per-class
 # blocks hold at most this many pairs, and searches a spatial grid beyond (see
-# _suppressor_of_removed). Measured once (session 5) on the candidates of trained detectors on the
-# synthetic data (CPU, one thread, 24 images each): Faster R-CNN's 56-377 per image (300-12k
-# pairs) took 37.8 ms in all with the dense test, 52.7 ms with the grid; RetinaNet's 500-1,900
-# (23k-220k pairs) were about even up to 50k pairs and faster with the grid above 80k (130
-# against 161 ms in all). On CUDA, where the pairs are tested in parallel, the limit is a memory
-# bound (a few float64 blocks of 4M elements), not a measured crossover.
+# _suppressor_of_removed). Set with tools/benchmark_nms_detector.py on the candidates of trained
+# detectors on the synthetic data (CPU, one thread, 24 images each): Faster R-CNN's 56-377 per
+# image (300-12k pairs) took 38.7 ms in all with the dense test, 52.6 ms with the grid;
+# RetinaNet's 500-1,900 (23k-220k pairs) were about even up to 50k pairs and faster with the grid
+# above 80k (142 against 136 ms in all; 134 with this limit). On CUDA, where the pairs are tested
+# in parallel, the limit is a memory bound (a few float64 blocks of 4M elements), not a measured
+# crossover.
 _DENSE_PAIRS_CPU = 1 << 15
 _DENSE_PAIRS_CUDA = 1 << 22
 

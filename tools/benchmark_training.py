@@ -61,9 +61,9 @@ paper says otherwise; ratios above it are marked with ``*``.
         -- MODEL.IOU_AWARE.NMS.TYPE standard                            # config overrides, last
     python tools/benchmark_training.py --quick                          # 2 rounds, batch 2 (tests)
 
-Trailing ``KEY VALUE`` pairs override every config (e.g. ``DATASETS.SYNTHETIC.ROOT /tmp/d``); after
-``--configs`` they need another option in between (``--configs X.yaml --output f.csv KEY VALUE``),
-else they are read as more configs.
+Trailing ``KEY VALUE`` pairs, after every option, override every config (e.g.
+``DATASETS.SYNTHETIC.ROOT /tmp/d``); right after ``--configs`` separate them with ``--``
+(``--configs X.yaml -- KEY VALUE``), else they are read as more configs.
 """
 
 import argparse

@@ -1,0 +1,200 @@
+#!/usr/bin/env python
+"""IoU-guided NMS on a detector's own candidates: its two suppressor searches against torchvision.
+
+    python tools/benchmark_nms_detector.py \\
+        --config-file configs/synthetic/retinanet_R18_FPN_iou_aware.yaml \\
+        --weights output/synthetic/retinanet_R18_FPN_iou_aware/model_final.pth
+    python tools/benchmark_nms_detector.py \\
+        --config-file configs/synthetic/faster_rcnn_R18_FPN_smooth_eiou_iouhead.yaml \\
+        --weights output/benchmarks/synthetic/faster_rcnn_R18_FPN_smooth_eiou_iouhead_seed0/model_final.pth
+
+``iou_guided_nms`` finds, for every box that NMS removes, the kept box that removed it, either by
+testing every (kept, removed) pair of a class (dense) or by a spatially bucketed search (grid);
+``iou_aware.nms`` picks one from the size of the padded per-class blocks (``_DENSE_PAIRS_*``).
+This tool measures that choice where it matters, on what a detector really sends to NMS: it runs
+the config's detector (which must have the IoU head; its NMS is set to ``iou_guided``) on the
+first ``--images`` test images at the config's score threshold, records each image's NMS input,
+then times per image, interleaved and median of ``--repeats``: torchvision's ``batched_nms`` on the
+scores (the stock detector's NMS), ``iou_guided_nms`` with the dense search forced, with the grid
+forced, and with its own choice. The two searches must return identical results (checked; the tool
+fails otherwise). CPU runs use one thread and process CPU time, as ``tools/benchmark_nms.py``.
+
+Writes one CSV row per image (``--output``) and prints the totals. Without ``--weights`` the
+detector has fresh weights, whose scores mostly fall below the usual threshold: pass
+``MODEL.RETINANET.SCORE_THRESH_TEST 0`` (or the RoI head's) as a trailing override then.
+"""
+
+import argparse
+import contextlib
+import copy
+import csv
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torchvision
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.data import DatasetCatalog, DatasetMapper  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+
+import iou_aware.nms as nms_module  # noqa: E402
+from iou_aware.engine import setup_cfg  # noqa: E402
+
+FIELDS = ["image", "candidates", "classes", "kept", "search", "torchvision_ms", "dense_ms", "grid_ms",
+          "default_ms"]
+
+
+@contextlib.contextmanager
+def search_limit(limit):
+    """Force the dense search (limit: huge), the grid (0), or leave the choice (None)."""
+    saved = nms_module._DENSE_PAIRS_CPU, nms_module._DENSE_PAIRS_CUDA
+    if limit is not None:
+        nms_module._DENSE_PAIRS_CPU = nms_module._DENSE_PAIRS_CUDA = limit
+    try:
+        yield
+    finally:
+        nms_module._DENSE_PAIRS_CPU, nms_module._DENSE_PAIRS_CUDA = saved
+
+
+SEARCHES = {"dense": 1 << 62, "grid": 0, "default": None}
+
+
+@contextlib.contextmanager
+def patched(name, wrapper_of):
+    original = getattr(nms_module, name)
+    setattr(nms_module, name, wrapper_of(original))
+    try:
+        yield
+    finally:
+        setattr(nms_module, name, original)
+
+
+def capture_nms_inputs(cfg, weights, num_images):
+    """Run the detector on the first ``num_images`` test images; the arguments of each
+    ``iou_guided_nms`` call (one per image)."""
+    model = build_model(cfg)
+    model.eval()
+    if weights:
+        DetectionCheckpointer(model).load(weights)
+    dataset = DatasetCatalog.get(cfg.DATASETS.TEST[0])[:num_images]
+    mapper = DatasetMapper(cfg, is_train=False)
+    calls = []
+
+    def recording(original):
+        def wrapper(*args, **kwargs):
+            calls.append((args, kwargs))
+            return original(*args, **kwargs)
+        return wrapper
+
+    with patched("iou_guided_nms", recording), torch.no_grad():
+        for d in dataset:
+            model([mapper(copy.deepcopy(d))])
+    return calls
+
+
+def search_chosen(args, kwargs):
+    """Which search ``iou_guided_nms`` picks by itself for these inputs ('-' if none runs)."""
+    chosen = []
+
+    def spy(name):
+        def wrap(original):
+            def wrapper(*a, **k):
+                chosen.append(name)
+                return original(*a, **k)
+            return wrapper
+        return wrap
+
+    with patched("_suppressor_dense", spy("dense")), patched("_suppressor_by_grid", spy("grid")):
+        nms_module.iou_guided_nms(*args, **kwargs)
+    return chosen[0] if chosen else "-"
+
+
+def time_image(args, kwargs, repeats, timer, sync):
+    boxes, scores, _, classes, threshold = args
+    runs = {"torchvision": lambda: torchvision.ops.batched_nms(boxes, scores, classes, threshold)}
+    for name, limit in SEARCHES.items():
+        def run(limit=limit):
+            with search_limit(limit):
+                return nms_module.iou_guided_nms(*args, **kwargs)
+        runs[name] = run
+    dense, grid = runs["dense"](), runs["grid"]()
+    if not (torch.equal(dense[0], grid[0]) and torch.equal(dense[1], grid[1])):
+        raise RuntimeError("the dense and the grid search of iou_guided_nms disagree on this input")
+    names = list(runs)
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            sync()
+            t0 = timer()
+            runs[name]()
+            sync()
+            times[name].append(timer() - t0)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}, dense[0].numel()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True, help="a config with the IoU head")
+    p.add_argument("--weights", default=None, help="trained checkpoint (default: fresh weights)")
+    p.add_argument("--images", type=int, default=24, help="test images to take candidates from")
+    p.add_argument("--repeats", type=int, default=15, help="timed interleaved repeats per image (median)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--output", default="output/benchmarks/nms_detector.csv", help="CSV file to write")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides, last")
+    args = p.parse_args(argv)
+    if args.images < 1 or args.repeats < 1:
+        p.error("--images and --repeats must be >= 1")
+    if args.opts[:1] == ["--"]:
+        args.opts = args.opts[1:]
+    if len(args.opts) % 2:
+        p.error(f"config overrides must be KEY VALUE pairs, got {args.opts}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    cfg = setup_cfg(args.config_file, [*args.opts, "MODEL.IOU_AWARE.NMS.TYPE", "iou_guided"])
+    calls = capture_nms_inputs(cfg, args.weights, args.images)
+    if not calls:
+        raise SystemExit("no image reached NMS: lower the test score threshold (see --help)")
+    device = calls[0][0][0].device
+    on_cpu = device.type == "cpu"
+    timer = time.process_time if on_cpu and torch.get_num_threads() == 1 else time.perf_counter
+    sync = (lambda: None) if on_cpu else (lambda: torch.cuda.synchronize(device))
+    print(f"{args.config_file}: {len(calls)} images, device {device}, {torch.get_num_threads()} threads, "
+          f"{'process CPU time' if timer is time.process_time else 'wall clock'}, "
+          f"median of {args.repeats}; ms per image")
+    print(" | ".join(f"{h:>14}" for h in FIELDS))
+    rows = []
+    for i, (call_args, call_kwargs) in enumerate(calls):
+        ms, kept = time_image(call_args, call_kwargs, args.repeats, timer, sync)
+        row = {
+            "image": i,
+            "candidates": call_args[0].shape[0],
+            "classes": int(call_args[3].unique().numel()),
+            "kept": kept,
+            "search": search_chosen(call_args, call_kwargs),
+            **{f"{name}_ms": round(value, 3) for name, value in ms.items()},
+        }
+        rows.append(row)
+        print(" | ".join(f"{row[h]:>14}" for h in FIELDS), flush=True)
+    totals = {name: sum(r[f"{name}_ms"] for r in rows) for name in ("torchvision", "dense", "grid", "default")}
+    print("total: " + ", ".join(f"{name} {value:.1f} ms" for name, value in totals.items()))
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {args.output}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
