@@ -28,9 +28,11 @@ def test_rows_per_image_with_both_searches(tool, tiny_synthetic_opts, tmp_path):
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(returned) == 2
+    assert [r["image"] for r in rows] == ["0", "1"]
     assert set(rows[0]) == set(tool.FIELDS)
     for r in rows:
         assert int(r["candidates"]) > int(r["kept"]) > 0
+        assert int(r["padded_pairs"]) >= int(r["candidates"]) - int(r["kept"])
         assert r["search"] in ("dense", "grid")
         for name in ("torchvision_ms", "dense_ms", "grid_ms", "default_ms"):
             assert float(r[name]) > 0
@@ -39,12 +41,13 @@ def test_rows_per_image_with_both_searches(tool, tiny_synthetic_opts, tmp_path):
 def test_the_searches_are_really_forced(tool, tiny_synthetic_opts):
     # search_limit must make iou_guided_nms take the named search on the same input
     cfg = tool.setup_cfg(CONFIG, [*tiny_synthetic_opts, "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"])
-    (args, kwargs), = tool.capture_nms_inputs(cfg, None, 1)
+    (image, nms_args), = tool.capture_nms_inputs(cfg, None, 1)
+    assert image == 0
     for name, limit in tool.SEARCHES.items():
         if limit is None:
             continue
         with tool.search_limit(limit):
-            assert tool.search_chosen(args, kwargs) == name
+            assert tool.search_chosen(nms_args) == name
 
 
 def test_config_without_iou_head_is_refused(tool, tiny_synthetic_opts, tmp_path):

@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import copy
 import csv
+import inspect
 import os
 import statistics
 import sys
@@ -45,8 +46,8 @@ from detectron2.modeling import build_model  # noqa: E402
 import iou_aware.nms as nms_module  # noqa: E402
 from iou_aware.engine import setup_cfg  # noqa: E402
 
-FIELDS = ["image", "candidates", "classes", "kept", "search", "torchvision_ms", "dense_ms", "grid_ms",
-          "default_ms"]
+FIELDS = ["image", "candidates", "classes", "kept", "padded_pairs", "search", "torchvision_ms", "dense_ms",
+          "grid_ms", "default_ms"]
 
 
 @contextlib.contextmanager
@@ -75,8 +76,10 @@ def patched(name, wrapper_of):
 
 
 def capture_nms_inputs(cfg, weights, num_images):
-    """Run the detector on the first ``num_images`` test images; the arguments of each
-    ``iou_guided_nms`` call (one per image)."""
+    """Run the detector on the first ``num_images`` test images; for each ``iou_guided_nms`` call,
+    ``(image index, arguments by name)``."""
+    if not cfg.DATASETS.TEST:
+        raise ValueError("the config names no test dataset (DATASETS.TEST) to take images from")
     model = build_model(cfg)
     model.eval()
     if weights:
@@ -84,20 +87,31 @@ def capture_nms_inputs(cfg, weights, num_images):
     dataset = DatasetCatalog.get(cfg.DATASETS.TEST[0])[:num_images]
     mapper = DatasetMapper(cfg, is_train=False)
     calls = []
+    image = None
 
     def recording(original):
+        signature = inspect.signature(original)
+
         def wrapper(*args, **kwargs):
-            calls.append((args, kwargs))
+            calls.append((image, dict(signature.bind(*args, **kwargs).arguments)))
             return original(*args, **kwargs)
         return wrapper
 
     with patched("iou_guided_nms", recording), torch.no_grad():
-        for d in dataset:
+        for image, d in enumerate(dataset):
             model([mapper(copy.deepcopy(d))])
     return calls
 
 
-def search_chosen(args, kwargs):
+def padded_pairs(keep, idxs):
+    """Pairs in the dense search's padded blocks: classes x most kept x most removed per class."""
+    _, dense_ids = torch.unique(idxs, return_inverse=True)
+    per_class = torch.bincount(dense_ids)
+    kept = torch.bincount(dense_ids[keep], minlength=per_class.numel())
+    return per_class.numel() * int(kept.max()) * int((per_class - kept).max())
+
+
+def search_chosen(nms_args):
     """Which search ``iou_guided_nms`` picks by itself for these inputs ('-' if none runs)."""
     chosen = []
 
@@ -110,17 +124,18 @@ def search_chosen(args, kwargs):
         return wrap
 
     with patched("_suppressor_dense", spy("dense")), patched("_suppressor_by_grid", spy("grid")):
-        nms_module.iou_guided_nms(*args, **kwargs)
+        nms_module.iou_guided_nms(**nms_args)
     return chosen[0] if chosen else "-"
 
 
-def time_image(args, kwargs, repeats, timer, sync):
-    boxes, scores, _, classes, threshold = args
-    runs = {"torchvision": lambda: torchvision.ops.batched_nms(boxes, scores, classes, threshold)}
+def time_image(nms_args, repeats, timer, sync):
+    """Median ms of each way of running NMS on one image's input, and the IoU-guided keep."""
+    stock = [nms_args[k] for k in ("boxes", "scores", "idxs", "iou_threshold")]
+    runs = {"torchvision": lambda: torchvision.ops.batched_nms(*stock)}
     for name, limit in SEARCHES.items():
         def run(limit=limit):
             with search_limit(limit):
-                return nms_module.iou_guided_nms(*args, **kwargs)
+                return nms_module.iou_guided_nms(**nms_args)
         runs[name] = run
     dense, grid = runs["dense"](), runs["grid"]()
     if not (torch.equal(dense[0], grid[0]) and torch.equal(dense[1], grid[1])):
@@ -134,7 +149,7 @@ def time_image(args, kwargs, repeats, timer, sync):
             runs[name]()
             sync()
             times[name].append(timer() - t0)
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}, dense[0].numel()
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}, dense[0]
 
 
 def parse_args(argv=None):
@@ -151,8 +166,8 @@ def parse_args(argv=None):
         p.error("--images and --repeats must be >= 1")
     if args.opts[:1] == ["--"]:
         args.opts = args.opts[1:]
-    if len(args.opts) % 2:
-        p.error(f"config overrides must be KEY VALUE pairs, got {args.opts}")
+    if len(args.opts) % 2 or any(k.startswith("--") for k in args.opts[::2]):
+        p.error(f"config overrides must be KEY VALUE pairs after the options, got {args.opts}")
     return args
 
 
@@ -164,7 +179,7 @@ def main(argv=None):
     calls = capture_nms_inputs(cfg, args.weights, args.images)
     if not calls:
         raise SystemExit("no image reached NMS: lower the test score threshold (see --help)")
-    device = calls[0][0][0].device
+    device = calls[0][1]["boxes"].device
     on_cpu = device.type == "cpu"
     timer = time.process_time if on_cpu and torch.get_num_threads() == 1 else time.perf_counter
     sync = (lambda: None) if on_cpu else (lambda: torch.cuda.synchronize(device))
@@ -173,19 +188,20 @@ def main(argv=None):
           f"median of {args.repeats}; ms per image")
     print(" | ".join(f"{h:>14}" for h in FIELDS))
     rows = []
-    for i, (call_args, call_kwargs) in enumerate(calls):
-        ms, kept = time_image(call_args, call_kwargs, args.repeats, timer, sync)
+    for image, nms_args in calls:
+        ms, keep = time_image(nms_args, args.repeats, timer, sync)
         row = {
-            "image": i,
-            "candidates": call_args[0].shape[0],
-            "classes": int(call_args[3].unique().numel()),
-            "kept": kept,
-            "search": search_chosen(call_args, call_kwargs),
+            "image": image,
+            "candidates": nms_args["boxes"].shape[0],
+            "classes": int(nms_args["idxs"].unique().numel()),
+            "kept": keep.numel(),
+            "padded_pairs": padded_pairs(keep, nms_args["idxs"]),
+            "search": search_chosen(nms_args),
             **{f"{name}_ms": round(value, 3) for name, value in ms.items()},
         }
         rows.append(row)
         print(" | ".join(f"{row[h]:>14}" for h in FIELDS), flush=True)
-    totals = {name: sum(r[f"{name}_ms"] for r in rows) for name in ("torchvision", "dense", "grid", "default")}
+    totals = {name: sum(r[f"{name}_ms"] for r in rows) for name in ("torchvision", *SEARCHES)}
     print("total: " + ", ".join(f"{name} {value:.1f} ms" for name, value in totals.items()))
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w", newline="") as f:
