@@ -19,6 +19,9 @@ def tool():
 
 
 def test_rows_per_image_with_both_searches(tool, tiny_synthetic_opts, tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
     out = tmp_path / "nms_detector.csv"
     # fresh weights score every candidate about 0.01: threshold 0 sends them all to NMS
     returned = tool.main([
@@ -27,6 +30,7 @@ def test_rows_per_image_with_both_searches(tool, tiny_synthetic_opts, tmp_path):
     ])
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
+    assert torch.get_num_threads() == threads  # the tool's one thread does not leak to the caller
     assert len(rows) == len(returned) == 2
     assert [r["image"] for r in rows] == ["0", "1"]
     assert set(rows[0]) == set(tool.FIELDS)

@@ -173,8 +173,16 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    threads_before = torch.get_num_threads()
+    try:
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)
+        return run(args)
+    finally:
+        torch.set_num_threads(threads_before)  # when called from another program (tests)
+
+
+def run(args):
     cfg = setup_cfg(args.config_file, [*args.opts, "MODEL.IOU_AWARE.NMS.TYPE", "iou_guided"])
     calls = capture_nms_inputs(cfg, args.weights, args.images)
     if not calls:
