@@ -55,9 +55,9 @@ _MAX_PAIRS_PER_CHUNK_CUDA = 1 << 20
 # blocks hold at most this many pairs, and searches a spatial grid beyond (see
 # _suppressor_of_removed). Set with tools/benchmark_nms_detector.py on the candidates of trained
 # detectors on the synthetic data (CPU, one thread, 24 images each): Faster R-CNN's 56-377 per
-# image (300-12k pairs) took 38.7 ms in all with the dense test, 52.6 ms with the grid;
-# RetinaNet's 500-1,950 (23k-220k pairs) were about even up to 50k pairs and faster with the grid
-# above 80k (142 against 136 ms in all; 134 with this limit). On CUDA, where the pairs are tested
+# image (300-12k pairs) took 37.8 ms in all with the dense test, 49.5 ms with the grid;
+# RetinaNet's 500-1,950 (23k-220k pairs) were about even up to 85k pairs and faster with the grid
+# above 100k (134 against 125 ms in all; 123 with this limit). On CUDA, where the pairs are tested
 # in parallel, the limit is a memory bound (a few float64 blocks of 4M elements), not a measured
 # crossover.
 _DENSE_PAIRS_CPU = 1 << 15
