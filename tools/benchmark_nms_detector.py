@@ -37,14 +37,17 @@ import time
 import torch
 import torchvision
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(TOOLS))
+sys.path.insert(0, TOOLS)
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data import DatasetCatalog, DatasetMapper  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 import iou_aware.nms as nms_module  # noqa: E402
-from iou_aware.engine import setup_cfg  # noqa: E402
+from benchmark_nms import clock_for, time_call  # noqa: E402
+from iou_aware.engine import setup_cfg, trailing_overrides  # noqa: E402
 
 FIELDS = ["image", "candidates", "classes", "kept", "padded_pairs", "search", "torchvision_ms", "dense_ms",
           "grid_ms", "default_ms"]
@@ -128,7 +131,7 @@ def search_chosen(nms_args):
     return chosen[0] if chosen else "-"
 
 
-def time_image(nms_args, repeats, timer, sync):
+def time_image(nms_args, repeats, device, timer):
     """Median ms of each way of running NMS on one image's input, and the IoU-guided keep."""
     stock = [nms_args[k] for k in ("boxes", "scores", "idxs", "iou_threshold")]
     runs = {"torchvision": lambda: torchvision.ops.batched_nms(*stock)}
@@ -144,11 +147,7 @@ def time_image(nms_args, repeats, timer, sync):
     times = {name: [] for name in names}
     for r in range(repeats):
         for name in names[r % len(names):] + names[: r % len(names)]:
-            sync()
-            t0 = timer()
-            runs[name]()
-            sync()
-            times[name].append(timer() - t0)
+            times[name].append(time_call(runs[name], (), device, timer)[0])
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}, dense[0]
 
 
@@ -164,10 +163,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.images < 1 or args.repeats < 1:
         p.error("--images and --repeats must be >= 1")
-    if args.opts[:1] == ["--"]:
-        args.opts = args.opts[1:]
-    if len(args.opts) % 2 or any(k.startswith("--") for k in args.opts[::2]):
-        p.error(f"config overrides must be KEY VALUE pairs after the options, got {args.opts}")
+    try:
+        args.opts = trailing_overrides(args.opts)
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 
@@ -188,16 +187,14 @@ def run(args):
     if not calls:
         raise SystemExit("no image reached NMS: lower the test score threshold (see --help)")
     device = calls[0][1]["boxes"].device
-    on_cpu = device.type == "cpu"
-    timer = time.process_time if on_cpu and torch.get_num_threads() == 1 else time.perf_counter
-    sync = (lambda: None) if on_cpu else (lambda: torch.cuda.synchronize(device))
+    timer = clock_for(device, "auto")
     print(f"{args.config_file}: {len(calls)} images, device {device}, {torch.get_num_threads()} threads, "
           f"{'process CPU time' if timer is time.process_time else 'wall clock'}, "
           f"median of {args.repeats}; ms per image")
     print(" | ".join(f"{h:>14}" for h in FIELDS))
     rows = []
     for image, nms_args in calls:
-        ms, keep = time_image(nms_args, args.repeats, timer, sync)
+        ms, keep = time_image(nms_args, args.repeats, device, timer)
         row = {
             "image": image,
             "candidates": nms_args["boxes"].shape[0],

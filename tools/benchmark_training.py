@@ -91,7 +91,7 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.solver import build_optimizer  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
-from iou_aware.engine import setup_cfg  # noqa: E402
+from iou_aware.engine import setup_cfg, trailing_overrides  # noqa: E402
 
 SYNTHETIC = "configs/synthetic"
 STOCK_CONFIGS = {
@@ -602,10 +602,10 @@ def parse_args(argv=None):
                    help="KEY VALUE config overrides for every config, last; after --configs, "
                    "separate them with --  (--configs a.yaml -- MODEL.X 1)")
     args = p.parse_args(argv)
-    if args.opts[:1] == ["--"]:
-        args.opts = args.opts[1:]
-    if len(args.opts) % 2 or any(k.startswith("--") for k in args.opts[::2]):
-        p.error(f"config overrides must be KEY VALUE pairs after the options, got {args.opts}")
+    try:
+        args.opts = trailing_overrides(args.opts)
+    except ValueError as e:
+        p.error(str(e))
     if args.quick:
         args.iters, args.warmup, args.infer_per_round = 2, 1, 1
         args.batch = args.batch or 2
