@@ -112,6 +112,42 @@ def add_iou_aware_config(cfg):
     return cfg
 
 
+def add_registered_keys(node, registry):
+    """Add every config key that ``registry`` (an ``iou_aware.registry.Registry``) declares under
+    ``node`` (``cfg.MODEL.IOU_AWARE``), with its default; sub-nodes are created as needed. A key
+    that already exists keeps its value."""
+    for p in registry.all_params():
+        *path, leaf = p.key.split(".")
+        sub = node
+        for part in path:
+            if part not in sub:
+                sub[part] = CN()
+            sub = sub[part]
+        if leaf not in sub:
+            sub[leaf] = p.default
+
+
+def _get_key(node, key):
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def registered_values(node, registry, name):
+    """``{dotted key: value}`` of the keys that entry ``name`` of ``registry`` declares."""
+    return {p.key: _get_key(node, p.key) for p in registry.get(name).params}
+
+
+def validate_registered_keys(node, registry):
+    """Run every declared key's check; raise ValueError naming ``MODEL.IOU_AWARE.<key>``."""
+    for p in registry.all_params():
+        if p.check is not None:
+            value = _get_key(node, p.key)
+            err = p.check(value)
+            if err:
+                _fail(p.key, f"{err}, got {value!r}")
+
+
 def _fail(key, msg):
     raise ValueError(f"MODEL.IOU_AWARE.{key}: {msg}")
 
