@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # README command 1, the main job: set up, train and evaluate a small IoU-aware RetinaNet on the
-# built-in synthetic dataset (generated on first use), then run the demo on validation images with
+# built-in synthetic dataset (generated on first use), compare NMS types on the trained weights
+# (standard, IoU-guided, score-fused: one table), then run the demo on validation images with
 # IoU-guided NMS, side by side with standard NMS of the same model.
 #
 #   bash tools/run_main.sh [CONFIG.yaml] [KEY VALUE ...]     # default CONFIG below; trailing config overrides
@@ -26,11 +27,14 @@ print(MetadataCatalog.get(cfg.DATASETS.TEST[0]).image_root)
 start=$(date +%s)
 echo "[main] training $CONFIG -> $OUT"
 $PY tools/train_net.py --config-file "$CONFIG" "$@"
+echo "[main] NMS types on the trained weights"
+$PY tools/compare_nms.py --config-file "$CONFIG" "$@" MODEL.WEIGHTS "$OUT/model_final.pth"
 echo "[main] demo on 8 validation images from $VAL_IMAGES"
 $PY tools/demo.py --config-file "$CONFIG" --input "$VAL_IMAGES" --output "$OUT/demo" --max-images 8 \
-    --confidence-threshold 0.3 --side-by-side --opts "$@" MODEL.WEIGHTS "$OUT/model_final.pth"
+    --confidence-threshold 0.3 --side-by-side --nms iou_guided --opts "$@" MODEL.WEIGHTS "$OUT/model_final.pth"
 echo "[main] done in $(( $(date +%s) - start )) s. Outputs:"
 echo "  model:        $OUT/model_final.pth"
 echo "  metrics:      $OUT/metrics.json (training curves, evaluation), $OUT/log.txt"
 echo "  evaluation:   $OUT/inference/ (COCO results json)"
-echo "  demo images:  $OUT/demo/*.png (left: standard NMS, right: the config's NMS) and $OUT/demo/detections.json"
+echo "  NMS table:    $OUT/nms_comparison.md (and .csv)"
+echo "  demo images:  $OUT/demo/*.png (left: standard NMS, right: IoU-guided NMS) and $OUT/demo/detections.json"
