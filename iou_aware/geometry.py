@@ -8,9 +8,9 @@ Every term that a loss needs is computed once, lazily, by :class:`BoxPairTerms`:
 ``terms.iou``, ``terms.diou_penalty``, ... and each term (and what it depends on) is computed on
 first access and cached, so no loss recomputes or re-implements a shared term.
 
-Numerical guards (DESIGN.md: finite values and gradients for zero-area, inverted, identical,
-far-apart and huge boxes, without ``nan_to_num``). Each guard is a no-op for valid boxes
-(``x1 <= x2``, ``y1 <= y2``), so values equal torchvision's there:
+Numerical guards (the project's convention, ``docs/design.md``: finite values and gradients for
+zero-area, inverted, identical, far-apart and huge boxes, without ``nan_to_num``). Each guard is a
+no-op for valid boxes (``x1 <= x2``, ``y1 <= y2``), so values equal torchvision's there:
 
 - union and enclosing area are clamped at 0 (they are never negative for valid boxes);
 - IoU divides by ``union + eps`` and GIoU by ``enclosing area + eps`` (as torchvision's losses);
@@ -66,8 +66,8 @@ def check_box_pairs(pred: torch.Tensor, target: torch.Tensor) -> None:
 
 
 def as_compute_dtype(*tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-    """The DESIGN.md dtype policy for every loss and geometric term: fp16/bf16/integers are
-    computed in float32, float32 and float64 keep their dtype (all tensors are brought to the
+    """The dtype policy of every loss and geometric term (``docs/design.md``): fp16/bf16/integers
+    are computed in float32, float32 and float64 keep their dtype (all tensors are brought to the
     widest of them, so float64 gradcheck inputs stay float64)."""
     dtype = torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
     return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
