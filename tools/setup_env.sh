@@ -5,7 +5,7 @@
 #
 # 1. .venv (Python 3.11) if missing;
 # 2. torch/torchvision pinned in constraints.txt (the index's default build; runs on CPU too);
-# 3. Detectron2, by the route in DESIGN.md: already importable -> keep; official git repository
+# 3. Detectron2, by the route in docs/design.md: already importable -> keep; official git repository
 #    reachable (checked with a 5 s time box) -> build it from there; otherwise the index's
 #    sal-detectron2==0.7.2 pure-Python tree (Detectron2 at upstream a59f0563), its bundled _C.so removed;
 # 4. the project itself, editable, with its dev extras and everything else from constraints.txt;
