@@ -18,7 +18,7 @@ HARMONIC_DETACH = ("auto", "none", "both")
 
 def add_iou_aware_config(cfg):
     """Add the project's keys (with defaults) to ``cfg`` in place and return it."""
-    # --- The built-in synthetic dataset (iou_aware.data.synthetic) -------------------------------
+    # --- The built-in synthetic dataset (iou_aware.data) ----------------------------------------
     # Registered as synthetic_shapes_train / synthetic_shapes_val when DATASETS.TRAIN/TEST name them;
     # generated on first use under ROOT (default: $IOU_AWARE_DATASETS/synthetic_shapes, with
     # IOU_AWARE_DATASETS defaulting to ./datasets), one sub-folder per size/seed.

@@ -53,7 +53,7 @@ _MAX_PAIRS_PER_CHUNK_CPU = 1 << 14
 _MAX_PAIRS_PER_CHUNK_CUDA = 1 << 20
 # IoU-guided NMS tests every (kept, removed) pair of a class at once while the padded per-class
 # blocks hold at most this many pairs, and searches a spatial grid beyond (see
-# _suppressor_of_removed). Set with tools/benchmark_nms_detector.py on the candidates of trained
+# _suppressor_of_removed). Set with benchmarks/benchmark_nms_detector.py on the candidates of trained
 # detectors on the synthetic data (CPU, one thread, 24 images each): Faster R-CNN's 56-377 per
 # image (300-12k pairs) took 37.8 ms in all with the dense test, 49.5 ms with the grid;
 # RetinaNet's 500-1,950 (23k-220k pairs) were about even up to 85k pairs and faster with the grid

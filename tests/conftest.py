@@ -14,9 +14,16 @@ def repo_root():
     return REPO
 
 
+SCRIPT_FOLDERS = ("tools", "benchmarks")
+
+
 def load_tool(name):
-    """Import ``tools/<name>.py`` (the tools folder is not a package) as a fresh module."""
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
+    """Import the script ``tools/<name>.py`` or ``benchmarks/<name>.py`` as a fresh module."""
+    paths = [os.path.join(REPO, folder, f"{name}.py") for folder in SCRIPT_FOLDERS]
+    found = [p for p in paths if os.path.isfile(p)]
+    if len(found) != 1:
+        raise FileNotFoundError(f"expected one script {name}.py in {SCRIPT_FOLDERS}, found {found}")
+    spec = importlib.util.spec_from_file_location(name, found[0])
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

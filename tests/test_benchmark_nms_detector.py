@@ -1,4 +1,4 @@
-"""tools/benchmark_nms_detector.py on a fresh RetinaNet with the IoU head, two tiny images.
+"""benchmarks/benchmark_nms_detector.py on a fresh RetinaNet with the IoU head, two tiny images.
 
 Checks what the tool writes and that it compares the two suppressor searches of IoU-guided NMS on
 real detector candidates (the tool fails if they disagree), never the timings themselves.

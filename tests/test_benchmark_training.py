@@ -1,4 +1,4 @@
-"""tools/benchmark_training.py in quick mode: one RetinaNet method against stock RetinaNet.
+"""benchmarks/benchmark_training.py in quick mode: one RetinaNet method against stock RetinaNet.
 
 Checks the shape of what the tool writes (rows, columns, finite positive times), never the timings
 themselves. Uses the session's tiny synthetic dataset (``tiny_synthetic_opts``), so it does not

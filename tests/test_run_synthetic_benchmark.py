@@ -1,4 +1,4 @@
-"""tools/run_synthetic_benchmark.py with training faked: the table, resuming and failed runs."""
+"""benchmarks/run_synthetic_benchmark.py with training faked: the table, resuming and failed runs."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Tests of ``tools/simulate_regression.py`` (the papers' regression simulations) in quick mode.
+"""Tests of ``benchmarks/simulate_regression.py`` (the papers' regression simulations) in quick mode.
 
 Checked: the outputs are finite and the CSV / PNG files are written, and three properties that
 follow from the math of the losses, not from numbers the code produced:

@@ -1,10 +1,12 @@
-"""Tests of the synthetic detection dataset (iou_aware/data/synthetic.py, tools/generate_synthetic.py)."""
+"""Tests of the synthetic detection dataset (iou_aware/data/: shapes, coco_writer, register;
+tools/generate_synthetic.py)."""
 
 import contextlib
 import io
 import json
 import logging
 import os
+import re
 import warnings
 
 import numpy as np
@@ -15,8 +17,8 @@ from pycocotools import mask as pycocotools_mask
 from pycocotools.coco import COCO
 
 from conftest import load_tool
-from iou_aware.data import synthetic
-from iou_aware.data.synthetic import (
+from iou_aware.data import coco_writer, register
+from iou_aware.data import (
     CLASS_NAMES,
     SyntheticShapesParams,
     dataset_dir,
@@ -235,11 +237,120 @@ def test_existing_split_is_reused_and_overwrite_regenerates(tmp_path):
     assert sorted(os.listdir(tmp_path)) == [os.path.basename(out_dir)]
 
 
+# --------------------------------------------------------------------------------------------
+# Crash safety: atomic json writes, corrupt or incomplete splits regenerated
+# --------------------------------------------------------------------------------------------
+
+
+def _crashing_dump(when=lambda obj: True):
+    """A ``json.dump`` that writes part of its output and then fails, like a crash or a full disk
+    in the middle of the write (for the objects ``when`` selects; the others are written)."""
+    real_dump = json.dump
+
+    def dump(obj, fp, **kwargs):
+        if not when(obj):
+            return real_dump(obj, fp, **kwargs)
+        fp.write(json.dumps(obj, **kwargs)[:20])
+        fp.flush()
+        raise OSError("No space left on device (simulated)")
+
+    return dump
+
+
+def test_truncated_annotations_are_reported_and_regenerated(tmp_path):
+    json_path, image_dir = generate_synthetic_dataset(str(tmp_path), "val", 3, SIZE, seed=0)
+    good = _read_split(json_path, image_dir)
+    with open(json_path, "r+b") as f:  # a crash after half of the file reached the disk
+        f.truncate(len(good["annotations.json"]) // 2)
+    with pytest.warns(RuntimeWarning, match=re.escape(json_path)):
+        assert generate_synthetic_dataset(str(tmp_path), "val", 3, SIZE, seed=0) == (
+            json_path,
+            image_dir,
+        )
+    assert _read_split(json_path, image_dir) == good
+    assert sorted(os.listdir(tmp_path)) == [os.path.basename(os.path.dirname(json_path))]
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda coco: {"images": coco["images"]}, "not a COCO annotation file"),
+        (lambda coco: dict(coco, images=coco["images"][:1]), "1 images listed, 2 expected"),
+    ],
+)
+def test_incomplete_annotations_are_reported_and_regenerated(tmp_path, damage, reason):
+    json_path, image_dir = generate_synthetic_dataset(str(tmp_path), "val", 2, SIZE, seed=0)
+    good = _read_split(json_path, image_dir)
+    with open(json_path, "w") as f:
+        json.dump(damage(json.loads(good["annotations.json"])), f)
+    with pytest.warns(RuntimeWarning, match=re.escape(json_path) + ".*" + reason):
+        generate_synthetic_dataset(str(tmp_path), "val", 2, SIZE, seed=0)
+    assert _read_split(json_path, image_dir) == good
+
+
+def test_missing_image_is_reported_and_regenerated(tmp_path):
+    json_path, image_dir = generate_synthetic_dataset(str(tmp_path), "val", 2, SIZE, seed=0)
+    good = _read_split(json_path, image_dir)
+    os.remove(os.path.join(image_dir, "val_000001.png"))
+    with pytest.warns(RuntimeWarning, match="'val_000001.png' listed but not in"):
+        generate_synthetic_dataset(str(tmp_path), "val", 2, SIZE, seed=0)
+    assert _read_split(json_path, image_dir) == good
+
+
+def test_write_json_atomic_keeps_the_previous_file_when_the_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "annotations.json"
+    coco_writer.write_json_atomic(str(path), {"images": [1, 2]}, separators=(",", ":"))
+    assert path.read_text() == '{"images":[1,2]}'
+    coco_writer.write_json_atomic(str(path), {"a": 1}, end="\n", indent=1)
+    assert path.read_text() == '{\n "a": 1\n}\n'
+
+    monkeypatch.setattr(coco_writer.json, "dump", _crashing_dump())
+    with pytest.raises(OSError, match="simulated"):
+        coco_writer.write_json_atomic(str(path), {"images": list(range(100))})
+    assert path.read_text() == '{\n "a": 1\n}\n'  # the previous file, whole
+    with pytest.raises(OSError, match="simulated"):
+        coco_writer.write_json_atomic(str(tmp_path / "new.json"), {"images": list(range(100))})
+    assert sorted(os.listdir(tmp_path)) == ["annotations.json"]  # no partial or temporary file
+
+
+def test_crash_while_writing_the_annotations(tmp_path, monkeypatch):
+    reference = _read_split(*generate_synthetic_dataset(str(tmp_path / "ref"), "val", 2, SIZE))
+    root = tmp_path / "data"
+    out_dir = dataset_dir(str(root), "val", 2, SIZE)
+    crash = _crashing_dump(when=lambda obj: "annotations" in obj)
+
+    # a first generation that crashes leaves no split folder (and no temporary one) behind
+    with monkeypatch.context() as m:
+        m.setattr(coco_writer.json, "dump", crash)
+        with pytest.raises(OSError, match="simulated"):
+            generate_synthetic_dataset(str(root), "val", 2, SIZE)
+    assert os.listdir(root) == []
+    # the next load generates the split
+    json_path, image_dir = generate_synthetic_dataset(str(root), "val", 2, SIZE)
+    assert os.path.dirname(json_path) == out_dir
+    assert _read_split(json_path, image_dir) == reference
+
+    # a regeneration that crashes keeps the previous complete split
+    with monkeypatch.context() as m:
+        m.setattr(coco_writer.json, "dump", crash)
+        with pytest.raises(OSError, match="simulated"):
+            generate_synthetic_dataset(str(root), "val", 2, SIZE, overwrite=True)
+    assert _read_split(json_path, image_dir) == reference
+    assert os.listdir(root) == [os.path.basename(out_dir)]
+
+
+def test_params_that_would_allow_empty_boxes_are_refused():
+    # an object without visible pixels would get a zero-width box: never written
+    for key in ("min_visible_pixels", "min_visible_side"):
+        with pytest.raises(ValueError, match=key):
+            SyntheticShapesParams(SIZE, **{key: 0})
+
+
 def test_default_root_env_var(monkeypatch, tmp_path):
     monkeypatch.setenv("IOU_AWARE_DATASETS", str(tmp_path))
-    assert synthetic.default_root() == os.path.join(str(tmp_path), "synthetic_shapes")
+    assert register.default_root() == os.path.join(str(tmp_path), "synthetic_shapes")
     monkeypatch.delenv("IOU_AWARE_DATASETS")
-    assert synthetic.default_root() == os.path.abspath(os.path.join("datasets", "synthetic_shapes"))
+    assert register.default_root() == os.path.abspath(os.path.join("datasets", "synthetic_shapes"))
 
 
 def test_cli(tmp_path, capsys):
@@ -322,12 +433,12 @@ def restore_registration():
     """Put back whatever synthetic_shapes_* registration existed before the test."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    names = list(synthetic.SYNTHETIC_DATASET_NAMES.values())
+    names = list(register.SYNTHETIC_DATASET_NAMES.values())
     saved = {}
     for n in names:
         func = DatasetCatalog[n] if n in DatasetCatalog.list() else None
         meta = MetadataCatalog.get(n).as_dict() if n in MetadataCatalog.list() else None
-        saved[n] = (func, meta, synthetic._REGISTERED.get(n))
+        saved[n] = (func, meta, register._REGISTERED.get(n))
     yield
     for n, (func, meta, reg) in saved.items():
         if n in DatasetCatalog.list():
@@ -339,9 +450,9 @@ def restore_registration():
         if meta is not None:
             meta.pop("name", None)
             MetadataCatalog.get(n).set(**meta)
-        synthetic._REGISTERED.pop(n, None)
+        register._REGISTERED.pop(n, None)
         if reg is not None:
-            synthetic._REGISTERED[n] = reg
+            register._REGISTERED[n] = reg
 
 
 def test_registration_is_lazy_idempotent_and_loads(tmp_path, restore_registration):
@@ -389,6 +500,20 @@ def test_registration_is_lazy_idempotent_and_loads(tmp_path, restore_registratio
     assert out2["synthetic_shapes_train"] == out["synthetic_shapes_train"]
     assert len(DatasetCatalog.get("synthetic_shapes_val")) == 4
     assert (
-        synthetic.ensure_synthetic_dataset("synthetic_shapes_val")[0]
+        register.ensure_synthetic_dataset("synthetic_shapes_val")[0]
         == out2["synthetic_shapes_val"]
     )
+
+
+def test_registered_split_with_a_corrupt_json_is_regenerated_on_load(tmp_path, restore_registration):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from iou_aware.data import register_synthetic_datasets
+
+    register_synthetic_datasets(root=str(tmp_path), num_train=2, num_val=1, image_size=(64, 64))
+    dicts = DatasetCatalog.get("synthetic_shapes_val")
+    json_file = MetadataCatalog.get("synthetic_shapes_val").json_file
+    with open(json_file, "w") as f:
+        f.write('{"images": [{"id": 1, "file_na')  # what a crash in the middle of a write leaves
+    with pytest.warns(RuntimeWarning, match=re.escape(json_file)):
+        assert DatasetCatalog.get("synthetic_shapes_val") == dicts

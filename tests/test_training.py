@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from iou_aware.engine import Trainer, setup_cfg, trailing_overrides
+from iou_aware.engine import Trainer, setup_cfg
 
 SYNTHETIC_CONFIGS = ["configs/synthetic/retinanet_R18_FPN.yaml", "configs/synthetic/faster_rcnn_R18_FPN.yaml"]
 IOU_AWARE_CONFIG = "configs/synthetic/retinanet_R18_FPN_smooth_eiou_iouhead.yaml"
@@ -171,13 +171,3 @@ def test_demo_clear_errors(repo_root, tiny_synthetic_opts, tmp_path):
     )
     assert missing_images.returncode == 2
     assert "No image found at" in missing_images.stderr and "no_such_dir" in missing_images.stderr
-
-
-def test_trailing_overrides_of_the_benchmark_tools():
-    assert trailing_overrides(["MODEL.X", "1"]) == ["MODEL.X", "1"]
-    assert trailing_overrides(["--", "MODEL.X", "1"]) == ["MODEL.X", "1"]  # after --configs
-    assert trailing_overrides([]) == []
-    with pytest.raises(ValueError, match="KEY VALUE pairs"):
-        trailing_overrides(["MODEL.X"])
-    with pytest.raises(ValueError, match="KEY VALUE pairs"):  # an option after the overrides
-        trailing_overrides(["MODEL.X", "1", "--iters", "3"])

@@ -17,15 +17,14 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# The generator module needs only numpy, Pillow and pycocotools.
-from iou_aware.data.synthetic import (  # noqa: E402
-    DEFAULT_IMAGE_SIZE,
+# The generator needs only numpy, Pillow and pycocotools.
+from iou_aware.data.coco_writer import generate_synthetic_dataset  # noqa: E402
+from iou_aware.data.register import (  # noqa: E402
     DEFAULT_NUM_TRAIN,
     DEFAULT_NUM_VAL,
-    DEFAULT_SEED,
     default_root,
-    generate_synthetic_dataset,
 )
+from iou_aware.data.shapes import DEFAULT_IMAGE_SIZE, DEFAULT_SEED  # noqa: E402
 
 
 def _image_size(text):

@@ -252,7 +252,7 @@ def match_results_to_gt(
     """Match COCO-format results (``coco_instances_results.json`` content) to a COCO ground truth.
 
     Runs COCOeval's per-image evaluation (no accumulation) at the single threshold needed and
-    returns :func:`match_detections` of it; used by ``tools/plot_consistency.py``.
+    returns :func:`match_detections` of it; used by ``benchmarks/plot_consistency.py``.
     """
     if iou_type not in ("bbox", "segm"):
         raise ValueError(f"consistency needs an IoU, not available for iou_type={iou_type!r}")

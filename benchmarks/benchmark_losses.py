@@ -16,16 +16,15 @@ multi-threaded elapsed time instead. Ratios: ``vs_tv_*`` = our time / torchvisio
 ``vs_iou`` = time / our plain IoU loss's time. Targets: our giou/diou/ciou <= torchvision's; every
 other loss <= 2x our IoU loss. Results: a table on stdout and a CSV file (``--output``).
 
-    python tools/benchmark_losses.py                            # N = 1e4, 1e5, 1e6, 1 thread
-    python tools/benchmark_losses.py --threads 0 --clock wall   # torch's threads, elapsed time
-    python tools/benchmark_losses.py --sizes 1e4 1e5 --output out.csv
+    python benchmarks/benchmark_losses.py                           # N = 1e4, 1e5, 1e6, 1 thread
+    python benchmarks/benchmark_losses.py --threads 0 --clock wall  # torch's threads, elapsed time
+    python benchmarks/benchmark_losses.py --sizes 1e4 1e5 --output out.csv
 """
 
 import argparse
 import csv
 import inspect
 import os
-import statistics
 import sys
 import time
 
@@ -39,6 +38,14 @@ from torchvision.ops import (  # noqa: E402
     generalized_box_iou_loss,
 )
 
+from benchmarks.timing import (  # noqa: E402
+    CLOCKS,
+    clock_name,
+    interleaved_rounds,
+    median,
+    set_threads,
+    time_call,
+)
 from iou_aware.losses import BOX_LOSSES  # noqa: E402
 from iou_aware.losses.registry import BOX_LOSS_INPUTS  # noqa: E402
 
@@ -90,28 +97,14 @@ def make_calls(inputs):
 
 def time_once(base, call, device, clock) -> float:
     x = base.detach().clone().requires_grad_(True)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = clock()
-    call(x).backward()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return clock() - t0
+    return time_call(lambda: call(x).backward(), (), device, clock)[0]
 
 
 def bench(device: torch.device, n: int, repeats: int, seed: int, clock=time.perf_counter):
     gen = torch.Generator().manual_seed(seed)
     calls = make_calls(make_inputs(n, device, gen))
-    names = list(calls)
-    times = {name: [] for name in names}
-    for rnd in range(repeats + 1):  # round 0 is the warm-up
-        k = rnd % len(names)
-        for name in names[k:] + names[:k]:
-            base, call = calls[name]
-            dt = time_once(base, call, device, clock)
-            if rnd > 0:
-                times[name].append(dt)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    times = interleaved_rounds(lambda name: time_once(*calls[name], device, clock), calls, repeats, warmup=1)
+    return {name: median(ts) for name, ts in times.items()}
 
 
 def rows_for(device_name, threads, clock_name, n, med):
@@ -182,8 +175,7 @@ def main(argv=None):
     parser.add_argument("--output", default="output/benchmarks/losses.csv", help="CSV file to write")
     args = parser.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     if any(d.startswith("cuda") for d in devices) and not torch.cuda.is_available():
         parser.error("--devices cuda: no CUDA device is available to torch here")
@@ -193,11 +185,10 @@ def main(argv=None):
         for size in args.sizes:
             n = int(size)
             repeats = args.repeats if n >= 10**6 else 3 * args.repeats
-            cpu_clock = args.clock == "cpu" and device.type == "cpu"
-            clock = time.process_time if cpu_clock else time.perf_counter
-            med = bench(device, n, repeats, args.seed, clock)
+            clock = clock_name(device, args.clock)
+            med = bench(device, n, repeats, args.seed, CLOCKS[clock])
             threads = torch.get_num_threads() if device.type == "cpu" else ""
-            new_rows = rows_for(device.type, threads, "cpu" if cpu_clock else "wall", n, med)
+            new_rows = rows_for(device.type, threads, clock, n, med)
             print_table(new_rows)
             print()
             rows += new_rows

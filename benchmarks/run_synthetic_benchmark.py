@@ -6,10 +6,10 @@ tools/train_net.py), reads the final evaluation from each run's metrics.json and
 mean and spread (standard deviation over seeds): AP, AP50, AP75, AP90, mAP75:95, score/IoU Pearson
 correlation, AIC and, for models with an IoU head, predicted/actual IoU Pearson correlation.
 
-    python tools/run_synthetic_benchmark.py                       # default configs, seeds 0 1
-    python tools/run_synthetic_benchmark.py --configs configs/synthetic/retinanet_R18_FPN.yaml \
+    python benchmarks/run_synthetic_benchmark.py                       # default configs, seeds 0 1
+    python benchmarks/run_synthetic_benchmark.py --configs configs/synthetic/retinanet_R18_FPN.yaml \
         configs/synthetic/retinanet_R18_FPN_focal_eiou.yaml --seeds 0 1 2 --opts SOLVER.MAX_ITER 2000
-    python tools/run_synthetic_benchmark.py --report-only          # the table so far, trains nothing
+    python benchmarks/run_synthetic_benchmark.py --report-only          # the table so far, trains nothing
 
 Finished runs (a final evaluation in metrics.json) are reused, so an interrupted benchmark resumes. A
 run that fails (for example a diverged loss) is listed as failed in the table and the others go on;

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """IoU-guided NMS on a detector's own candidates: its two suppressor searches against torchvision.
 
-    python tools/benchmark_nms_detector.py \\
+    python benchmarks/benchmark_nms_detector.py \\
         --config-file configs/synthetic/retinanet_R18_FPN_iou_aware.yaml \\
         --weights output/synthetic/retinanet_R18_FPN_iou_aware/model_final.pth
-    python tools/benchmark_nms_detector.py \\
+    python benchmarks/benchmark_nms_detector.py \\
         --config-file configs/synthetic/faster_rcnn_R18_FPN_smooth_eiou_iouhead.yaml \\
         --weights output/benchmarks/synthetic/faster_rcnn_R18_FPN_smooth_eiou_iouhead_seed0/model_final.pth
 
@@ -17,7 +17,7 @@ first ``--images`` test images at the config's score threshold, records each ima
 then times per image, interleaved and median of ``--repeats``: torchvision's ``batched_nms`` on the
 scores (the stock detector's NMS), ``iou_guided_nms`` with the dense search forced, with the grid
 forced, and with its own choice. The two searches must return identical results (checked; the tool
-fails otherwise). CPU runs use one thread and process CPU time, as ``tools/benchmark_nms.py``.
+fails otherwise). CPU runs use one thread and process CPU time, as ``benchmarks/benchmark_nms.py``.
 
 Writes one CSV row per image (``--output``) and prints the totals. Without ``--weights`` the
 detector has fresh weights, whose scores mostly fall below the usual threshold: pass
@@ -30,24 +30,28 @@ import copy
 import csv
 import inspect
 import os
-import statistics
 import sys
-import time
 
 import torch
 import torchvision
 
-TOOLS = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(TOOLS))
-sys.path.insert(0, TOOLS)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data import DatasetCatalog, DatasetMapper  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 import iou_aware.nms as nms_module  # noqa: E402
-from benchmark_nms import clock_for, time_call  # noqa: E402
-from iou_aware.engine import setup_cfg, trailing_overrides  # noqa: E402
+from benchmarks.common import trailing_overrides  # noqa: E402
+from benchmarks.timing import (  # noqa: E402
+    clock_for,
+    clock_name,
+    interleaved_rounds,
+    median,
+    pinned_threads,
+    time_call,
+)
+from iou_aware.engine import setup_cfg  # noqa: E402
 
 FIELDS = ["image", "candidates", "classes", "kept", "padded_pairs", "search", "torchvision_ms", "dense_ms",
           "grid_ms", "default_ms"]
@@ -143,12 +147,8 @@ def time_image(nms_args, repeats, device, timer):
     dense, grid = runs["dense"](), runs["grid"]()
     if not (torch.equal(dense[0], grid[0]) and torch.equal(dense[1], grid[1])):
         raise RuntimeError("the dense and the grid search of iou_guided_nms disagree on this input")
-    names = list(runs)
-    times = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            times[name].append(time_call(runs[name], (), device, timer)[0])
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}, dense[0]
+    times = interleaved_rounds(lambda name: time_call(runs[name], (), device, timer)[0], runs, repeats)
+    return {name: median(t) * 1e3 for name, t in times.items()}, dense[0]
 
 
 def parse_args(argv=None):
@@ -172,13 +172,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    threads_before = torch.get_num_threads()
-    try:
-        if args.threads > 0:
-            torch.set_num_threads(args.threads)
+    with pinned_threads(args.threads):  # the caller's count comes back (tests)
         return run(args)
-    finally:
-        torch.set_num_threads(threads_before)  # when called from another program (tests)
 
 
 def run(args):
@@ -189,7 +184,7 @@ def run(args):
     device = calls[0][1]["boxes"].device
     timer = clock_for(device, "auto")
     print(f"{args.config_file}: {len(calls)} images, device {device}, {torch.get_num_threads()} threads, "
-          f"{'process CPU time' if timer is time.process_time else 'wall clock'}, "
+          f"{'process CPU time' if clock_name(device) == 'cpu' else 'wall clock'}, "
           f"median of {args.repeats}; ms per image")
     print(" | ".join(f"{h:>14}" for h in FIELDS))
     rows = []

@@ -44,22 +44,22 @@ percentile of those ratios, a measure of the noise.
 
 Clock (``--clock auto``): on CPU with one thread (the default, ``--threads``), the process CPU
 time, which counts the work itself and not the time the process waited for a core; on a shared
-machine it is far steadier than wall time (two cores shared with other jobs, before the stock
-sandwich was used: wall-clock ratios spread over 0.55-1.35 for methods whose CPU-time ratios were
+machine it is far steadier than wall time (two cores shared with other jobs, without the stock
+sandwich: wall-clock ratios spread over 0.55-1.35 for methods whose CPU-time ratios were
 0.97-1.02). Wall time is recorded as well (``*_wall_*`` columns, "wall ratio"). On CUDA, or with
 more than one thread, the headline is wall time (with ``torch.cuda.synchronize``). One thread on
 CPU because OpenMP threads spin-waiting for each other on an oversubscribed machine made
 iterations several times slower and erratic.
 
-Target (issue 7): training and inference overhead at most 5% (ratio <= 1.05), except where a
+Target: training and inference overhead at most 5% (ratio <= 1.05), except where a
 paper says otherwise; ratios above it are marked with ``*``.
 
-    python tools/benchmark_training.py                                  # full run, CPU
-    python tools/benchmark_training.py --device cuda --iters 50
-    python tools/benchmark_training.py --configs configs/synthetic/retinanet_R18_FPN_harmonic.yaml
-    python tools/benchmark_training.py --configs configs/synthetic/retinanet_R18_FPN_iou_aware.yaml \
+    python benchmarks/benchmark_training.py                             # full run, CPU
+    python benchmarks/benchmark_training.py --device cuda --iters 50
+    python benchmarks/benchmark_training.py --configs configs/synthetic/retinanet_R18_FPN_harmonic.yaml
+    python benchmarks/benchmark_training.py --configs configs/synthetic/retinanet_R18_FPN_iou_aware.yaml \
         -- MODEL.IOU_AWARE.NMS.TYPE standard                            # config overrides, last
-    python tools/benchmark_training.py --quick                          # 2 rounds, batch 2 (tests)
+    python benchmarks/benchmark_training.py --quick                     # 2 rounds, batch 2 (tests)
 
 Trailing ``KEY VALUE`` pairs, after every option, override every config (e.g.
 ``DATASETS.SYNTHETIC.ROOT /tmp/d``); right after ``--configs`` separate them with ``--``
@@ -74,7 +74,6 @@ import gc
 import os
 import platform
 import resource
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -91,7 +90,20 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.solver import build_optimizer  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
-from iou_aware.engine import setup_cfg, trailing_overrides  # noqa: E402
+from benchmarks.common import trailing_overrides  # noqa: E402
+from benchmarks.timing import (  # noqa: E402
+    CLOCKS,
+    Timed,
+    clock_name,
+    make_sync,
+    measure,
+    median,
+    pinned_threads,
+    quartiles,
+    rotated,
+    set_threads,
+)
+from iou_aware.engine import setup_cfg  # noqa: E402
 
 SYNTHETIC = "configs/synthetic"
 STOCK_CONFIGS = {
@@ -193,27 +205,6 @@ def fixed_batch(cfg, n_images: int) -> List[dict]:
     return [mapper(copy.deepcopy(d)) for d in dataset[:n_images]]
 
 
-class Timed:
-    """Wraps a bound method of a model (set as an instance attribute, so ``self.name(...)`` calls
-    go through it) and records the time of each call on ``clock``."""
-
-    def __init__(self, fn: Callable, sync: Callable[[], None], clock: Callable[[], float]):
-        self.fn, self.sync, self.clock, self.times = fn, sync, clock, []
-
-    def __call__(self, *a, **k):
-        self.sync()
-        t0 = self.clock()
-        out = self.fn(*a, **k)
-        self.sync()
-        self.times.append(self.clock() - t0)
-        return out
-
-    def take(self) -> float:
-        """Total time of the calls since the last ``take`` (0 if none)."""
-        total, self.times = sum(self.times), []
-        return total
-
-
 class Entry:
     """One model under test with its optimizer, its timers and the measurements."""
 
@@ -281,12 +272,6 @@ def load_matching_weights(model, path: str, log=print) -> int:
 
 
 # ---------------------------------------------------------------------------------- measuring
-def make_sync(device: torch.device) -> Callable[[], None]:
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
-
-
 def train_step(entry: Entry, batch: List[dict], before_step: Callable[[], None] = lambda: None) -> None:
     losses = entry.model(batch)
     total = sum(losses.values())
@@ -299,11 +284,7 @@ def train_step(entry: Entry, batch: List[dict], before_step: Callable[[], None] 
 def timed_train_step(entry: Entry, batch, sync, clock):
     """One training iteration; records and returns ``(headline-clock time, wall time)``."""
     entry.loss_timer.take()
-    sync()
-    c0, t0 = clock(), time.perf_counter()
-    train_step(entry, batch)
-    sync()
-    times = (clock() - c0, time.perf_counter() - t0)
+    times, _ = measure(lambda: train_step(entry, batch), sync, (clock, time.perf_counter))
     entry.train.append(times[0])
     entry.train_wall.append(times[1])
     entry.loss.append(entry.loss_timer.take())
@@ -315,11 +296,7 @@ def timed_inference(entry: Entry, image: dict, sync, clock):
     entry.model.eval()
     entry.post_timer.take()
     with torch.no_grad():
-        sync()
-        c0, t0 = clock(), time.perf_counter()
-        entry.model([image])
-        sync()
-        times = (clock() - c0, time.perf_counter() - t0)
+        times, _ = measure(lambda: entry.model([image]), sync, (clock, time.perf_counter))
     entry.model.train()
     entry.infer.append(times[0])
     entry.infer_wall.append(times[1])
@@ -449,30 +426,18 @@ def run_rounds(groups: List[Group], args, device, sync, clock, log=print) -> Non
             kind = "timed"
             j = rnd - args.warmup - 1
             order = groups if j % 2 == 0 else groups[::-1]
-            rotated = []
+            order_of_methods = []
             for g in order:
-                shift = j % len(g.methods)
-                rotated.append(g.methods[shift:] + g.methods[:shift])
-                sandwich(g.stock, rotated[-1], "train", lambda e: timed_train_step(e, g.batch, sync, clock))
+                order_of_methods.append(rotated(g.methods, j))
+                sandwich(g.stock, order_of_methods[-1], "train", lambda e: timed_train_step(e, g.batch, sync, clock))
             for i in range(k_img):
-                for g, ms in zip(order, rotated):
+                for g, ms in zip(order, order_of_methods):
                     image = g.images[(j * k_img + i) % len(g.images)]
                     sandwich(g.stock, ms, "infer", lambda e: timed_inference(e, image, sync, clock))
         log(f"round {rnd + 1}/{total} ({kind}): {time.perf_counter() - t_round:.1f} s")
 
 
 # ------------------------------------------------------------------------------------ results
-def _median(xs: List[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
-def _quartiles(xs: List[float]):
-    if len(xs) < 2:
-        return (xs[0], xs[0]) if xs else (float("nan"), float("nan"))
-    q = statistics.quantiles(xs, n=4, method="inclusive")
-    return q[0], q[2]
-
-
 def _ratio(a: Optional[float], b: Optional[float]):
     return a / b if a is not None and b else "n/a"
 
@@ -490,7 +455,7 @@ def make_rows(groups: List[Group], args, device) -> List[dict]:
             pr = e.pair_ratios
             if e is stock:  # by definition
                 pr = {k: [1.0] for k in ("train", "train_wall", "infer", "infer_wall")}
-            train_q, infer_q = _quartiles(pr["train"]), _quartiles(pr["infer"])
+            train_q, infer_q = quartiles(pr["train"]), quartiles(pr["infer"])
             rows.append({
                 "method": e.method,
                 "detector": e.detector,
@@ -501,20 +466,20 @@ def make_rows(groups: List[Group], args, device) -> List[dict]:
                 "batch": len(g.batch),
                 "rounds": args.iters,
                 "infer_images": args.iters * args.infer_per_round,
-                "train_ms": _median(e.train) * 1e3,
-                "train_ratio": _median(pr["train"]),
+                "train_ms": median(e.train) * 1e3,
+                "train_ratio": median(pr["train"]),
                 "train_ratio_q25": train_q[0],
                 "train_ratio_q75": train_q[1],
-                "train_wall_ms": _median(e.train_wall) * 1e3,
-                "train_wall_ratio": _median(pr["train_wall"]),
-                "loss_ms": _median(e.loss) * 1e3,
-                "infer_ms": _median(e.infer) * 1e3,
-                "infer_ratio": _median(pr["infer"]),
+                "train_wall_ms": median(e.train_wall) * 1e3,
+                "train_wall_ratio": median(pr["train_wall"]),
+                "loss_ms": median(e.loss) * 1e3,
+                "infer_ms": median(e.infer) * 1e3,
+                "infer_ratio": median(pr["infer"]),
                 "infer_ratio_q25": infer_q[0],
                 "infer_ratio_q75": infer_q[1],
-                "infer_wall_ms": _median(e.infer_wall) * 1e3,
-                "infer_wall_ratio": _median(pr["infer_wall"]),
-                "post_ms": _median(e.post) * 1e3,
+                "infer_wall_ms": median(e.infer_wall) * 1e3,
+                "infer_wall_ratio": median(pr["infer_wall"]),
+                "post_ms": median(e.post) * 1e3,
                 "peak_mb": _mb(e.peak_bytes),
                 "peak_ratio": _ratio(e.peak_bytes, stock.peak_bytes),
                 "fwd_bwd_peak_mb": _mb(e.fwd_bwd_peak_bytes),
@@ -632,11 +597,8 @@ def cpu_name() -> str:
 
 def main(argv=None) -> List[dict]:
     """Run the benchmark, print the table, write CSV + markdown; returns the rows."""
-    threads_before = torch.get_num_threads()
-    try:
+    with pinned_threads():  # the caller's thread count comes back (tests)
         return _main(parse_args(argv))
-    finally:
-        torch.set_num_threads(threads_before)  # when called from another program (tests)
 
 
 def _main(args) -> List[dict]:
@@ -644,10 +606,9 @@ def _main(args) -> List[dict]:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available")
     if device.type == "cpu" and args.threads != 0:  # 0: torch's default, as in the other benchmarks
-        torch.set_num_threads(args.threads or 1)
-    if args.clock == "auto":
-        args.clock = "cpu" if device.type == "cpu" and torch.get_num_threads() == 1 else "wall"
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        set_threads(args.threads or 1)
+    args.clock = clock_name(device, args.clock)
+    clock = CLOCKS[args.clock]
     sync = make_sync(device)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
 

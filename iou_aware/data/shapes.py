@@ -1,4 +1,4 @@
-"""Synthetic detection dataset ("synthetic_shapes"): a seeded generator of COCO-format data.
+"""Synthetic detection dataset ("synthetic_shapes"): the seeded shape sampler and renderer.
 
 No public dataset can be downloaded where this project is built and tested, so it embeds its
 own. The data is designed so that *localization precision matters*:
@@ -27,69 +27,42 @@ is sampled (up to ``max_placement_tries`` times, after which the object is skipp
 annotated object is sufficiently visible *and* every drawn object is annotated (no unlabeled
 shape pixels in an image).
 
-Boxes are COCO ``[x, y, w, h]`` in pixel units of the visible mask:
-``x = x_min``, ``w = x_max - x_min + 1`` (pixel ``i`` covers ``[i, i + 1)``), so the box
-encloses the visible pixels exactly, the same convention as ``pycocotools.mask.toBbox``.
-``area`` is the visible pixel count and ``segmentation`` the visible mask as compressed RLE.
-
 Determinism: image ``i`` of split ``s`` is drawn from
 ``numpy.random.default_rng([seed, crc32(s), i])``, so the same seed gives the same bytes of
 json and PNGs, train and val use different streams derived from the same base seed, and the
 first ``n`` images do not depend on how many images are generated.
 
-The generator needs only numpy, Pillow and pycocotools. The registration functions at the
-bottom import Detectron2 lazily.
+Every annotated object has a non-empty visible mask (``min_visible_pixels >= 1``), so its tight
+box (:func:`mask_to_bbox`) is at least 1 px wide and high. :mod:`.coco_writer` writes the rendered
+samples as COCO json + PNGs; this module needs only numpy and Pillow.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import os
-import shutil
-import tempfile
 import zlib
-from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 __all__ = [
     "CLASS_NAMES",
-    "THING_COLORS",
     "GENERATOR_VERSION",
+    "DEFAULT_IMAGE_SIZE",
+    "DEFAULT_SEED",
     "SyntheticShapesParams",
     "SyntheticObject",
     "render_sample",
     "mask_to_bbox",
     "sample_rng",
-    "dataset_dir",
-    "generate_synthetic_dataset",
-    "default_root",
-    "register_synthetic_datasets",
-    "ensure_synthetic_dataset",
-    "SYNTHETIC_DATASET_NAMES",
 ]
-
-logger = logging.getLogger(__name__)
 
 #: Bump when the drawing code changes, so stale generated folders are not reused.
 GENERATOR_VERSION = 1
 
 #: Category names; category ids in the json are ``1 .. len(CLASS_NAMES)`` in this order.
 CLASS_NAMES: Tuple[str, ...] = ("rectangle", "ellipse", "triangle", "ring", "cross", "diamond")
-
-#: Colours used by Detectron2's Visualizer for each class (RGB, 0-255).
-THING_COLORS: Tuple[Tuple[int, int, int], ...] = (
-    (230, 25, 75),
-    (60, 180, 75),
-    (255, 225, 25),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-)
 
 # Largest aspect ratio (long side / short side of the drawn box) per class, and the smallest
 # short side in px that still renders the shape recognisably (a ring needs room for its hole).
@@ -110,11 +83,6 @@ _MIN_SHORT_SIDE = {
     "diamond": 5,
 }
 
-#: Registered dataset names, by split.
-SYNTHETIC_DATASET_NAMES = {"train": "synthetic_shapes_train", "val": "synthetic_shapes_val"}
-
-DEFAULT_NUM_TRAIN = 1000  # the same as the config default DATASETS.SYNTHETIC.NUM_TRAIN
-DEFAULT_NUM_VAL = 100
 DEFAULT_IMAGE_SIZE = (128, 128)
 DEFAULT_SEED = 0
 
@@ -124,7 +92,8 @@ class SyntheticShapesParams:
     """Knobs of the image sampler (everything except split, image count and seed).
 
     All of them enter the hash in the output folder name, so changing any of them makes
-    :func:`generate_synthetic_dataset` write a new folder instead of reusing a stale one.
+    :func:`~iou_aware.data.coco_writer.generate_synthetic_dataset` write a new folder instead of
+    reusing a stale one.
     """
 
     image_size: Tuple[int, int] = DEFAULT_IMAGE_SIZE  # (H, W)
@@ -151,6 +120,13 @@ class SyntheticShapesParams:
             raise ValueError("need 1 <= min_objects <= max_objects")
         if self.min_size < 3 or self.min_size > self.max_size_frac * min(h, w):
             raise ValueError("need 3 <= min_size <= max_size_frac * min(image_size)")
+        # An object must keep a visible pixel: an empty visible mask has no box (a zero-width
+        # ground truth box, which no detection can match; see coco_writer).
+        if self.min_visible_pixels < 1 or self.min_visible_side < 1:
+            raise ValueError(
+                "min_visible_pixels and min_visible_side must be >= 1, got "
+                f"{self.min_visible_pixels} and {self.min_visible_side}"
+            )
 
 
 @dataclass
@@ -421,255 +397,3 @@ def _keeps_earlier_visible(
             return False
     return True
 
-
-# ---------------------------------------------------------------------------------------------
-# Writing COCO json + PNGs
-# ---------------------------------------------------------------------------------------------
-
-
-def _params_for(image_size, params: Optional[SyntheticShapesParams]) -> SyntheticShapesParams:
-    """Sampler params from ``image_size`` and/or ``params`` (``None`` image size: the params'
-    own, or :data:`DEFAULT_IMAGE_SIZE`; an int ``n`` means ``(n, n)``)."""
-    if isinstance(image_size, (int, np.integer)):
-        image_size = (int(image_size), int(image_size))
-    if params is None:
-        return SyntheticShapesParams(image_size=tuple(image_size or DEFAULT_IMAGE_SIZE))
-    if image_size is not None and tuple(int(v) for v in image_size) != params.image_size:
-        raise ValueError(
-            f"image_size {tuple(image_size)} disagrees with params.image_size {params.image_size}"
-        )
-    return params
-
-
-def _manifest(split: str, num_images: int, seed: int, p: SyntheticShapesParams) -> dict:
-    return {
-        "generator": "iou_aware.data.synthetic",
-        "generator_version": GENERATOR_VERSION,
-        "split": split,
-        "num_images": int(num_images),
-        "seed": int(seed),
-        "params": asdict(p),
-    }
-
-
-def dataset_dir(
-    root: str,
-    split: str,
-    num_images: int,
-    image_size: Optional[Tuple[int, int]] = None,
-    seed: int = DEFAULT_SEED,
-    params: Optional[SyntheticShapesParams] = None,
-) -> str:
-    """The folder a split is written to; its name encodes every generation parameter.
-
-    ``{root}/{split}_n{num_images}_{H}x{W}_seed{seed}_{hash}`` where ``hash`` covers the
-    generator version and all :class:`SyntheticShapesParams`, so a change of any of them
-    leads to a new folder (regeneration) rather than a stale dataset.
-    """
-    p = _params_for(image_size, params)
-    blob = json.dumps(_manifest(split, num_images, seed, p), sort_keys=True).encode("utf-8")
-    digest = hashlib.sha1(blob).hexdigest()[:8]
-    h, w = p.image_size
-    return os.path.join(root, f"{split}_n{int(num_images)}_{h}x{w}_seed{int(seed)}_{digest}")
-
-
-def _encode_rle(mask: np.ndarray) -> dict:
-    import pycocotools.mask as mask_util
-
-    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def _write_split(out_dir: str, split: str, num_images: int, seed: int, p: SyntheticShapesParams):
-    image_dir = os.path.join(out_dir, "images")
-    os.makedirs(image_dir, exist_ok=True)
-    h, w = p.image_size
-    images, annotations = [], []
-    ann_id = 1
-    for i in range(num_images):
-        image, objects = render_sample(sample_rng(seed, split, i), p)
-        file_name = f"{split}_{i:06d}.png"
-        # Fast zlib level: the noisy images barely compress anyway, and encoding dominates.
-        Image.fromarray(image, mode="RGB").save(
-            os.path.join(image_dir, file_name), format="PNG", compress_level=1
-        )
-        image_id = i + 1
-        images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
-        for obj in objects:
-            annotations.append(
-                {
-                    "id": ann_id,
-                    "image_id": image_id,
-                    "category_id": obj.category_id,
-                    "bbox": obj.bbox,
-                    "area": obj.area,
-                    "segmentation": _encode_rle(obj.visible_mask),
-                    "iscrowd": 0,
-                }
-            )
-            ann_id += 1
-    coco = {
-        "info": {
-            "description": f"synthetic_shapes {split} (iou_aware.data.synthetic)",
-            "version": str(GENERATOR_VERSION),
-        },
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": [
-            {"id": i + 1, "name": name, "supercategory": "shape"}
-            for i, name in enumerate(CLASS_NAMES)
-        ],
-    }
-    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
-        json.dump(_manifest(split, num_images, seed, p), f, indent=1, sort_keys=True)
-        f.write("\n")
-    # The annotation file is written last: its presence marks a complete folder.
-    with open(os.path.join(out_dir, "annotations.json"), "w") as f:
-        json.dump(coco, f, separators=(",", ":"))
-
-
-def generate_synthetic_dataset(
-    root: str,
-    split: str,
-    num_images: int,
-    image_size: Optional[Tuple[int, int]] = None,
-    seed: int = DEFAULT_SEED,
-    params: Optional[SyntheticShapesParams] = None,
-    overwrite: bool = False,
-) -> Tuple[str, str]:
-    """Generate (or reuse) one split of the synthetic dataset.
-
-    Args:
-        root: base folder; the split goes to :func:`dataset_dir` under it.
-        split: split name, e.g. ``"train"`` or ``"val"``; it selects the random stream, so
-            different splits of the same seed hold different images.
-        num_images: number of images (every image holds at least one object).
-        image_size: ``(H, W)``; default ``params.image_size`` or (128, 128).
-        seed: base seed.
-        params: further sampler knobs (its ``image_size`` must agree with ``image_size``).
-        overwrite: regenerate even if a complete folder exists.
-
-    Returns:
-        ``(json_path, image_dir)``. A complete existing folder with the same parameters is
-        reused. Writing goes to a temporary sibling folder that is renamed into place, so
-        concurrent callers (e.g. several training processes) never see a half-written split.
-    """
-    if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
-    p = _params_for(image_size, params)
-    out_dir = dataset_dir(root, split, num_images, seed=seed, params=p)
-    json_path = os.path.join(out_dir, "annotations.json")
-    image_dir = os.path.join(out_dir, "images")
-    if os.path.isfile(json_path) and not overwrite:
-        return json_path, image_dir
-
-    os.makedirs(root, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".tmp_{os.path.basename(out_dir)}_", dir=root)
-    try:
-        _write_split(tmp_dir, split, num_images, seed, p)
-        if overwrite and os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        elif os.path.isdir(out_dir) and not os.path.isfile(json_path):
-            shutil.rmtree(out_dir, ignore_errors=True)  # incomplete leftover
-        try:
-            os.rename(tmp_dir, out_dir)
-        except OSError:
-            if not os.path.isfile(json_path):  # not another process winning the race
-                raise
-    finally:
-        if os.path.isdir(tmp_dir):
-            shutil.rmtree(tmp_dir, ignore_errors=True)
-    logger.info("Generated %d synthetic %s images in %s", num_images, split, out_dir)
-    return json_path, image_dir
-
-
-# ---------------------------------------------------------------------------------------------
-# Detectron2 registration
-# ---------------------------------------------------------------------------------------------
-
-
-def default_root() -> str:
-    """``$IOU_AWARE_DATASETS/synthetic_shapes`` (``IOU_AWARE_DATASETS`` defaults to
-    ``datasets``, relative to the current directory), as an absolute path."""
-    base = os.environ.get("IOU_AWARE_DATASETS", "datasets")
-    return os.path.abspath(os.path.join(os.path.expanduser(base), "synthetic_shapes"))
-
-
-# name -> kwargs of generate_synthetic_dataset, for ensure_synthetic_dataset
-_REGISTERED: Dict[str, dict] = {}
-
-
-def ensure_synthetic_dataset(name: str) -> Tuple[str, str]:
-    """Generate a registered synthetic split now if missing; returns ``(json_path, image_dir)``.
-
-    Registration is lazy (the data is generated by the first ``DatasetCatalog.get``); call
-    this before anything that reads ``MetadataCatalog.get(name).json_file`` directly (e.g. a
-    ``COCOEvaluator`` built before the dataset was loaded).
-    """
-    if name not in _REGISTERED:
-        raise KeyError(f"{name!r} is not a registered synthetic dataset: {sorted(_REGISTERED)}")
-    return generate_synthetic_dataset(**_REGISTERED[name])
-
-
-def register_synthetic_datasets(
-    root: Optional[str] = None,
-    num_train: int = DEFAULT_NUM_TRAIN,
-    num_val: int = DEFAULT_NUM_VAL,
-    image_size: Optional[Tuple[int, int]] = None,
-    seed: int = DEFAULT_SEED,
-    params: Optional[SyntheticShapesParams] = None,
-) -> Dict[str, str]:
-    """Register ``synthetic_shapes_train`` / ``synthetic_shapes_val`` with Detectron2.
-
-    Cheap: nothing is generated here. The first ``DatasetCatalog.get(name)`` generates the
-    split if its folder is missing and loads it with Detectron2's ``load_coco_json``. The
-    metadata (``thing_classes``, ``thing_colors``, ``json_file``, ``image_root``,
-    ``evaluator_type="coco"``, ``thing_dataset_id_to_contiguous_id``) is set right away.
-
-    Idempotent: calling it again (with the same or different arguments) replaces the
-    previous registration of these two names.
-
-    Args:
-        root: base folder of the generated splits; default :func:`default_root`.
-        num_train, num_val: image counts.
-        image_size: ``(H, W)``; default ``params.image_size`` or (128, 128).
-        seed: base seed (train and val use different streams derived from it).
-        params: further sampler knobs.
-
-    Returns:
-        ``{dataset_name: json_path}``.
-    """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.data.datasets.coco import load_coco_json
-
-    root = os.path.abspath(root) if root is not None else default_root()
-    p = _params_for(image_size, params)
-    out = {}
-    for split, num in (("train", num_train), ("val", num_val)):
-        name = SYNTHETIC_DATASET_NAMES[split]
-        kwargs = dict(root=root, split=split, num_images=int(num), seed=int(seed), params=p)
-        out_dir = dataset_dir(root, split, int(num), seed=int(seed), params=p)
-        json_file = os.path.join(out_dir, "annotations.json")
-        image_root = os.path.join(out_dir, "images")
-
-        def load(name=name, kwargs=kwargs):
-            json_path, image_dir = generate_synthetic_dataset(**kwargs)
-            return load_coco_json(json_path, image_dir, name)
-
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-        if name in MetadataCatalog.list():
-            MetadataCatalog.remove(name)
-        DatasetCatalog.register(name, load)
-        MetadataCatalog.get(name).set(
-            json_file=json_file,
-            image_root=image_root,
-            evaluator_type="coco",
-            thing_classes=list(CLASS_NAMES),
-            thing_colors=[list(c) for c in THING_COLORS],
-            thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(CLASS_NAMES))},
-        )
-        _REGISTERED[name] = kwargs
-        out[name] = json_file
-    return out

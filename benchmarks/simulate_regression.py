@@ -67,10 +67,10 @@ PNGs ``zhang_setup{k}_error.png`` (Fig. 7a/8a), ``zhang_setup{k}_iou_box.png`` (
 
 Examples::
 
-    python tools/simulate_regression.py                  # default sizes, about 3 minutes on 1 core
-    python tools/simulate_regression.py --points1 1000   # the paper's 1000 points (setup 1: 4x longer)
-    python tools/simulate_regression.py --coord-scale 1 --no-toy --output output/simulations_scale1
-    python tools/simulate_regression.py --quick --output /tmp/sim   # seconds (used by the tests)
+    python benchmarks/simulate_regression.py                  # default sizes, about 3 minutes on 1 core
+    python benchmarks/simulate_regression.py --points1 1000   # the paper's 1000 points (setup 1: 4x longer)
+    python benchmarks/simulate_regression.py --coord-scale 1 --no-toy --output output/simulations_scale1
+    python benchmarks/simulate_regression.py --quick --output /tmp/sim   # seconds (used by the tests)
 """
 
 import argparse
@@ -756,7 +756,7 @@ def main(argv=None):
 
     lines = summary_lines(zhang, toy)
     cli = " ".join(argv if argv is not None else sys.argv[1:])
-    lines.append(f"command: python tools/simulate_regression.py {cli}")
+    lines.append(f"command: python benchmarks/simulate_regression.py {cli}")
     lines.append(f"total time {time.time() - t_start:.0f} s")
     summary = os.path.join(args.output, "summary.txt")
     with open(summary, "w") as f:

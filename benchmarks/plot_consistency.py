@@ -11,11 +11,11 @@ side, so a method that reconciles score and localization shows at a glance.
 
 Examples::
 
-    python tools/plot_consistency.py baseline/inference/coco_2017_val/coco_instances_results.json \\
+    python benchmarks/plot_consistency.py baseline/inference/coco_2017_val/coco_instances_results.json \\
         harmonic/inference/coco_2017_val/coco_instances_results.json \\
         --labels baseline harmonic --dataset coco_2017_val --output consistency.png
 
-    python tools/plot_consistency.py run/coco_instances_results.json --gt-json val.json \\
+    python benchmarks/plot_consistency.py run/coco_instances_results.json --gt-json val.json \\
         --pred-iou --output pred_iou.png     # predicted IoU (IoU head) instead of the score
 """
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Benchmark the NMS variants of ``iou_aware.nms`` against torchvision's ``batched_nms``.
 
-    python tools/benchmark_nms.py                      # CPU, and CUDA when present
-    python tools/benchmark_nms.py --sizes 2000 20000 --classes 80 --repeats 9
-    python tools/benchmark_nms.py --devices cpu --output output/benchmarks/nms_cpu.csv
+    python benchmarks/benchmark_nms.py                 # CPU, and CUDA when present
+    python benchmarks/benchmark_nms.py --sizes 2000 20000 --classes 80 --repeats 9
+    python benchmarks/benchmark_nms.py --devices cpu --output output/benchmarks/nms_cpu.csv
 
 Inputs look like a detector's pre-NMS output: boxes jittered around a few objects per image
 (log-uniform object sizes from 24 to 400 px in a 1333 x 800 image, one object per 50 boxes, at most
@@ -29,15 +29,21 @@ import csv
 import math
 import os
 import platform
-import statistics
 import sys
-import time
 
 import torch
 import torchvision
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.timing import (  # noqa: E402
+    clock_for,
+    clock_name,
+    interleaved_rounds,
+    median,
+    set_threads,
+    time_call,
+)
 from iou_aware.nms import batched_nms, iou_guided_nms, score_fused_nms, soft_nms  # noqa: E402
 
 IMAGE_W, IMAGE_H = 1333, 800
@@ -107,50 +113,28 @@ def variants(iou_threshold):
     ]
 
 
-def clock_for(device, clock):
-    """``time.process_time`` (CPU time of this process) or ``time.perf_counter`` (wall clock).
-
-    With one CPU thread, process time is the time the computation itself took and is much less
-    sensitive than the wall clock to other processes on a shared machine; CUDA needs wall time.
-    """
-    if clock == "auto":
-        clock = "cpu" if device.type == "cpu" and torch.get_num_threads() == 1 else "wall"
-    return time.process_time if clock == "cpu" else time.perf_counter
-
-
-def time_call(fn, args, device, timer):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = timer()
-    out = fn(*args)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return timer() - t0, out
-
-
 def bench_config(
     device, num_boxes, num_classes, repeats, iou_threshold, seed, slow_budget_s, timer
 ):
     args = make_detections(num_boxes, num_classes, seed=seed, device=device)
-    todo = variants(iou_threshold)
-    times = {name: [] for name, _ in todo}
+    todo = dict(variants(iou_threshold))
     kept = {}
     first = {}
-    for name, fn in todo:  # warm-up, the number of kept boxes and a first time
+    for name, fn in todo.items():  # warm-up, the number of kept boxes and a first time
         first[name], out = time_call(fn, args, device, timer)
         kept[name] = (out[0] if isinstance(out, tuple) else out).numel()
-    for r in range(repeats):
-        shift = r % len(todo)
-        for name, fn in todo[shift:] + todo[:shift]:
-            # variants slower than the budget per call run fewer repeats (at least 3)
-            if r >= 3 and first[name] * repeats > slow_budget_s:
-                continue
-            times[name].append(time_call(fn, args, device, timer)[0])
-    medians = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    times = interleaved_rounds(
+        lambda name: time_call(todo[name], args, device, timer)[0],
+        todo,
+        repeats,
+        # variants slower than the budget per call run fewer repeats (at least 3)
+        skip=lambda name, r: r >= 3 and first[name] * repeats > slow_budget_s,
+    )
+    medians = {name: median(t) * 1e3 for name, t in times.items()}
     return medians, kept, {name: len(t) for name, t in times.items()}
 
 
-# The issue's targets: ratio to torchvision's batched_nms at 80 classes, 2k and 20k boxes.
+# Targets: ratio to torchvision's batched_nms at 80 classes, 2k and 20k boxes.
 TARGETS = {"score_fused_nms": 1.3, "iou_guided_nms": 3.0}
 TARGET_CASES = {(80, 2000), (80, 20000)}
 
@@ -192,8 +176,7 @@ def main():
     parser.add_argument("--output", default="output/benchmarks/nms.csv", help="CSV file to write")
     args = parser.parse_args()
 
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     if any(d.startswith("cuda") for d in devices) and not torch.cuda.is_available():
         parser.error("--devices cuda: no CUDA device is available to torch here")
@@ -217,7 +200,7 @@ def main():
     for device_name in devices:
         device = torch.device(device_name)
         timer = clock_for(device, args.clock)
-        clock = "cpu" if timer is time.process_time else "wall"
+        clock = clock_name(device, args.clock)
         for num_classes in args.classes:
             for num_boxes in args.sizes:
                 medians, kept, counts = bench_config(

@@ -21,7 +21,7 @@ penalised losses still have a gradient.
 
 Example::
 
-    python tools/plot_loss_curves.py --output output/plots/losses
+    python benchmarks/plot_loss_curves.py --output output/plots/losses
 """
 
 import argparse
