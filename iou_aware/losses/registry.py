@@ -123,11 +123,11 @@ def _resolve_params(name: str, fn: Callable, params, compose: Optional[Callable]
                              "which the detector passes itself")
         if p.arg not in fn_args and not fn_kw and p.arg not in hook_args and not hook_kw:
             accepted = sorted(a for a in (*fn_args, *hook_args) if a not in NOT_CONFIGURABLE)
-            raise ValueError(
-                f"box loss {name!r}: config key {p.key!r} sets argument {p.arg!r}, which "
-                f"{getattr(fn, '__name__', fn)!r}" + (" and its compose hook" if compose else "")
-                + f" do not accept; accepted: {', '.join(accepted) or '(none)'}"
-            )
+            fn_name = getattr(fn, "__name__", repr(fn))
+            what = (f"neither {fn_name} nor its compose hook accepts" if compose
+                    else f"{fn_name} does not accept")
+            raise ValueError(f"box loss {name!r}: config key {p.key!r} sets argument {p.arg!r}, which "
+                             f"{what}; accepted: {', '.join(accepted) or '(none)'}")
         if p.default is _SIGNATURE_DEFAULT and p.arg not in fn_args and p.arg in hook_args:
             default = hook_args[p.arg].default
             if default is not inspect.Parameter.empty:
