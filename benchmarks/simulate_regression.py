@@ -45,7 +45,8 @@
    ``w_loc`` so that the loss sum of the *positives* at the first iteration equals smooth-L1's;
    over all pairs of a setup, most of them with IoU near 0 here, that rule gives ``w_loc`` of
    about 21 (setup 1) and 5 (setup 2), far outside what the paper meant, so the paper's number is
-   used (the rule's value is in the summary).
+   used (the rule's value is in the summary). Every loss is composed as the detectors compose it
+   (``iou_aware.losses.BoxLoss``: deltas, hooks, eq. 11 normalization), on the raw coordinates.
 
 2. **Peng & Yu toy examples** (Fig. 4c, 5a, 5b): a single predicted box ``(0, 0, x, y)`` with ``x, y``
    free (the parameterization of their Fig. 4) regressed to ``(0, 0, s, s)`` by gradient descent
@@ -91,19 +92,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from iou_aware.geometry import aligned_iou, extended_iou  # noqa: E402
-from iou_aware.losses import (  # noqa: E402
-    alpha_iou_loss,
-    ciou_loss,
-    diou_loss,
-    efficient_iou_loss,
-    focal_efficient_iou_loss,
-    giou_loss,
-    harmonic_iou_loss,
-    iou_balanced_smooth_l1_loss,
-    iou_loss,
-    smooth_extended_iou_loss,
-    smooth_l1_loss,
-)
+from iou_aware.losses import BoxLoss, smooth_extended_iou_loss, smooth_l1_loss  # noqa: E402
 
 FOCAL_GAMMA = 0.5  # Zhang et al. Fig. 7-8 caption
 ALPHA = 3.0  # He et al.: alpha = 3 "performing consistently well"
@@ -118,65 +107,63 @@ DEFAULT_COORD_SCALE = 10.0  # targets of area 1 (see the module docstring)
 
 
 # --------------------------------------------------------------------------------------------
-# losses: name -> (label, function of (pred, target, context) -> sum of the per-pair losses)
+# losses: name -> (label, registered box loss, its arguments[, apply its detector hook])
+#
+# Each is composed by iou_aware.losses.BoxLoss, the detectors' own composition, on the raw box
+# coordinates (normalize_boxes=False: Algorithm 1 regresses the coordinates themselves), with
+# regression deltas relative to the initial anchor (AnchorDeltas) and RetinaNet's smooth-L1 beta
+# as "the detector's own". Focal-EIoU per pair (Algorithm 1 as written) is the bare loss; with
+# its hook it is the eq. 11 batch normalization sum_i W_i L_i / sum_i W_i over all pairs of the
+# setup, times the number of pairs as the detector does: each box's gradient is
+# W_i / mean(W) * dL_i (W detached), a per-pair step comparable to the other losses' (eq. 11
+# literally, without the factor, would divide every step by ~1e5 pairs).
 # --------------------------------------------------------------------------------------------
-
-
-def _box_loss(fn, **kw):
-    return lambda pred, target, ctx: fn(pred, target, reduction="sum", **kw)
-
-
-def _focal_eiou_eq11(pred, target, ctx):
-    # eq. 11: sum_i W_i L_i / sum_i W_i over the batch (all pairs of the setup). Multiplied by the
-    # number of pairs, each box's gradient is W_i / mean(W) * dL_i (W detached), a per-pair step
-    # comparable to the other losses' (eq. 11 literally, without the factor, would divide every
-    # step by ~1e5 pairs).
-    return focal_efficient_iou_loss(pred, target, gamma=FOCAL_GAMMA, reduction="mean") * pred.shape[0]
-
-
-def _smooth_l1_deltas(pred, target, ctx):
-    return smooth_l1_loss(encode_deltas(pred, ctx["anchors"]), ctx["target_deltas"],
-                          beta=SMOOTH_L1_BETA, reduction="sum")
-
-
-def _harmonic_full(pred, target, ctx):
-    # Wang & Zhang eq. 11: smooth-L1 on the deltas + alpha * HIoU (alpha 1.5, gamma 0.8), the box
-    # loss of the project's harmonic configs (MODEL.IOU_AWARE.HIOU.ADD_SMOOTH_L1 True)
-    return _smooth_l1_deltas(pred, target, ctx) + HIOU_ALPHA * harmonic_iou_loss(
-        pred, target, gamma=HIOU_GAMMA, reduction="sum")
-
-
-def _iou_balanced_deltas(pred, target, ctx):
-    ious = aligned_iou(pred.detach(), target)
-    per = iou_balanced_smooth_l1_loss(
-        encode_deltas(pred, ctx["anchors"]), ctx["target_deltas"], ious,
-        lam=IOU_BALANCED_LAMBDA, beta=SMOOTH_L1_BETA, loc_weight=ctx["w_loc"], reduction="sum",
-    )
-    return per
-
 
 LOSSES = OrderedDict(
     [
-        ("iou", ("IoU", _box_loss(iou_loss))),
-        ("giou", ("GIoU", _box_loss(giou_loss))),
-        ("diou", ("DIoU", _box_loss(diou_loss))),
-        ("ciou", ("CIoU", _box_loss(ciou_loss))),
-        ("efficient_iou", ("EIoU (efficient)", _box_loss(efficient_iou_loss))),
-        ("focal_efficient_iou",
-         ("Focal-EIoU", _box_loss(focal_efficient_iou_loss, gamma=FOCAL_GAMMA))),
-        ("focal_efficient_iou_eq11", ("Focal-EIoU, eq. 11 norm.", _focal_eiou_eq11)),
-        ("alpha_iou", ("alpha-IoU (a=3)", _box_loss(alpha_iou_loss, alpha=ALPHA))),
-        ("harmonic_iou", ("HIoU (g=0.8)", _box_loss(harmonic_iou_loss, gamma=HIOU_GAMMA))),
-        ("smooth_extended_iou_sot",
-         ("Smooth-EIoU + SOT", _box_loss(smooth_extended_iou_loss, sot=True))),
-        ("smooth_extended_iou",
-         ("Smooth-EIoU, no SOT", _box_loss(smooth_extended_iou_loss, sot=False))),
-        ("smooth_l1", ("smooth-L1 (deltas)", _smooth_l1_deltas)),
-        ("harmonic_full", ("smooth-L1 + 1.5 HIoU", _harmonic_full)),
-        ("iou_balanced_smooth_l1", ("IoU-bal. smooth-L1", _iou_balanced_deltas)),
+        ("iou", ("IoU", "iou", {})),
+        ("giou", ("GIoU", "giou", {})),
+        ("diou", ("DIoU", "diou", {})),
+        ("ciou", ("CIoU", "ciou", {})),
+        ("efficient_iou", ("EIoU (efficient)", "efficient_iou", {})),
+        ("focal_efficient_iou", ("Focal-EIoU", "focal_efficient_iou", {"gamma": FOCAL_GAMMA}, False)),
+        ("focal_efficient_iou_eq11",
+         ("Focal-EIoU, eq. 11 norm.", "focal_efficient_iou", {"gamma": FOCAL_GAMMA})),
+        ("alpha_iou", ("alpha-IoU (a=3)", "alpha_iou", {"alpha": ALPHA})),
+        ("harmonic_iou", ("HIoU (g=0.8)", "harmonic_iou", {"gamma": HIOU_GAMMA, "add_smooth_l1": False})),
+        ("smooth_extended_iou_sot", ("Smooth-EIoU + SOT", "smooth_extended_iou", {"sot": True})),
+        ("smooth_extended_iou", ("Smooth-EIoU, no SOT", "smooth_extended_iou", {"sot": False})),
+        ("smooth_l1", ("smooth-L1 (deltas)", "smooth_l1", {})),
+        # Wang & Zhang eq. 11: smooth-L1 on the deltas + alpha * HIoU (alpha 1.5, gamma 0.8), the box
+        # loss of the project's harmonic configs (MODEL.IOU_AWARE.HIOU.ADD_SMOOTH_L1 True)
+        ("harmonic_full", ("smooth-L1 + 1.5 HIoU", "harmonic_iou",
+                           {"gamma": HIOU_GAMMA, "alpha": HIOU_ALPHA, "add_smooth_l1": True})),
+        ("iou_balanced_smooth_l1", ("IoU-bal. smooth-L1", "iou_balanced_smooth_l1",
+                                    {"lam": IOU_BALANCED_LAMBDA, "loc_weight": IOU_BALANCED_W_LOC})),
     ]
 )
 DELTA_LOSSES = ("smooth_l1", "iou_balanced_smooth_l1", "harmonic_full")  # drawn dashed
+
+
+class AnchorDeltas:
+    """The box transform of the simulation's delta losses: :func:`encode_deltas` of the predicted
+    box relative to its initial anchor (the boxes themselves are regressed, never decoded)."""
+
+    @staticmethod
+    def get_deltas(anchors, boxes):
+        return encode_deltas(boxes, anchors)
+
+
+def make_loss(loss_name, w_loc=None):
+    """The :class:`iou_aware.losses.BoxLoss` of ``LOSSES[loss_name]``; ``w_loc`` replaces the
+    IoU-balanced ``loc_weight``."""
+    _, registered, args, *rest = LOSSES[loss_name]
+    args = dict(args)
+    if w_loc is not None and "loc_weight" in args:
+        args["loc_weight"] = w_loc
+    return BoxLoss(registered, args, AnchorDeltas(), normalize_boxes=False,
+                   compose=rest[0] if rest else True,
+                   detector_defaults={"smooth_l1_beta": SMOOTH_L1_BETA})
 
 
 def encode_deltas(boxes, anchors):
@@ -265,9 +252,7 @@ def regress(loss_name, anchors, targets, iterations=200, lr=0.1, coord_scale=DEF
             stat_every=5, w_loc=None):
     """Algorithm 1 for one loss: returns a dict of per-iteration numpy arrays (index 0 = before the
     first step) and the box statistics at ``stat_iters``."""
-    _, fn = LOSSES[loss_name]
-    ctx = {"anchors": anchors, "target_deltas": encode_deltas(targets, anchors),
-           "w_loc": IOU_BALANCED_W_LOC if w_loc is None else w_loc}
+    loss_fn = make_loss(loss_name, w_loc)
     with torch.no_grad():
         iou0 = aligned_iou(anchors, targets)
     init_hi = (iou0 >= INIT_HIGH).to(iou0.dtype)
@@ -304,8 +289,8 @@ def regress(loss_name, anchors, targets, iterations=200, lr=0.1, coord_scale=DEF
     for t in range(1, iterations + 1):
         mu = step_size(t, iterations, lr)
         b = boxes.requires_grad_(True)
-        loss = fn(b, targets, ctx)
-        (grad,) = torch.autograd.grad(loss, b)
+        loss, _ = loss_fn(anchors, None, targets, pred_boxes=b)
+        (grad,) = torch.autograd.grad(loss.sum(), b)
         boxes = (b - mu * grad).detach()
         if nonfinite_at is None and not bool(torch.isfinite(boxes).all()):
             nonfinite_at = t
@@ -316,7 +301,7 @@ def regress(loss_name, anchors, targets, iterations=200, lr=0.1, coord_scale=DEF
     out["nonfinite_at"] = nonfinite_at
     out["initial_iou"] = iou0.numpy()
     out["final_iou"] = aligned_iou(boxes, targets).numpy()
-    out["w_loc"] = ctx["w_loc"]
+    out["w_loc"] = IOU_BALANCED_W_LOC if w_loc is None else w_loc
     return out
 
 

@@ -5,14 +5,11 @@ Defaults reproduce stock Detectron2 exactly: an unchanged config trains the stoc
 and combinations with a message that names the key.
 """
 
-import math
-
 from detectron2.config import CfgNode as CN
 
 NMS_TYPES = ("standard", "score_fused", "iou_guided", "soft")
 CLS_LOSSES = ("", "iou_balanced", "harmonic")
 PARAMETERIZATIONS = ("deltas", "corners")
-ALPHA_IOU_PENALTIES = ("none", "giou", "diou", "ciou")
 HARMONIC_DETACH = ("auto", "none", "both")
 
 
@@ -33,50 +30,21 @@ def add_iou_aware_config(cfg):
     _C = cfg.MODEL.IOU_AWARE = CN()
 
     # Box regression loss: "" = the detector's stock loss (RetinaNet.BBOX_REG_LOSS_TYPE /
-    # ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE), or any name of iou_aware.losses.BOX_LOSSES:
+    # ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE), or any name of iou_aware.losses.BOX_LOSSES (built in:
     # smooth_l1 iou giou diou ciou efficient_iou focal_efficient_iou alpha_iou harmonic_iou
-    # smooth_extended_iou focal_l1 iou_balanced_smooth_l1
+    # smooth_extended_iou focal_l1 iou_balanced_smooth_l1; more with register_box_loss)
     _C.BOX_LOSS = ""
     _C.BOX_LOSS_WEIGHT = 1.0  # multiplies the box loss (ROI heads: on top of BBOX_REG_LOSS_WEIGHT)
     # How box regression is parameterized: "deltas" (stock Box2BoxTransform: centre/size deltas) or
     # "corners" (Peng & Yu sec. IV, Algorithm 1: the four corner offsets divided by sqrt(anchor or
     # proposal area)); with "corners" the IoU-type losses are computed in that normalized space.
     _C.BOX_PARAMETERIZATION = "deltas"
-    # beta of smooth_l1 / iou_balanced_smooth_l1 / the smooth-L1 part of harmonic_iou (Wang eq. 11);
-    # < 0 = the detector's own beta (RETINANET.SMOOTH_L1_LOSS_BETA / ROI_BOX_HEAD.SMOOTH_L1_BETA)
-    _C.SMOOTH_L1_BETA = -1.0
-    # iou: "linear" (1 - IoU), "square" (1 - IoU^2), "log" (-ln IoU)
-    _C.IOU_MODE = "linear"
-    # alpha_iou (He et al. eq. 1-4): power alpha, penalty none|giou|diou|ciou, penalty power
-    # (< 0 = same as ALPHA), BOX_COX = (1 - IoU^alpha) / alpha (eq. 1)
-    _C.ALPHA_IOU = CN()
-    _C.ALPHA_IOU.ALPHA = 3.0
-    _C.ALPHA_IOU.PENALTY = "none"
-    _C.ALPHA_IOU.ALPHA_PENALTY = -1.0
-    _C.ALPHA_IOU.BOX_COX = False
-    # focal_efficient_iou (Zhang et al. eq. 10-11): IoU^gamma weight (detached)
-    _C.FOCAL_EIOU = CN()
-    _C.FOCAL_EIOU.GAMMA = 0.5
-    # focal_l1 (Zhang et al. eq. 8-9): beta sets the curvature (alpha = e * beta); see focal_l1_loss
-    _C.FOCAL_L1 = CN()
-    _C.FOCAL_L1.BETA = 0.8
-    # smooth_extended_iou (Peng & Yu eq. 23, 28): (1 - EIoU)^POWER, SOT = steady optimization
-    _C.SMOOTH_EIOU = CN()
-    _C.SMOOTH_EIOU.POWER = 2.0
-    _C.SMOOTH_EIOU.SOT = True
-    # harmonic_iou (Wang & Zhang eq. 10-11): (1 + IoU)^GAMMA (1 - IoU), GAMMA <= 1; with
-    # ADD_SMOOTH_L1 the box loss is the full localization loss smooth_l1 + ALPHA * HIoU (eq. 11)
-    _C.HIOU = CN()
-    _C.HIOU.GAMMA = 0.8
-    _C.HIOU.ALPHA = 1.5
-    _C.HIOU.ADD_SMOOTH_L1 = True
-    # iou_balanced_smooth_l1 (Wu & Li eq. 3-5): weight LOC_WEIGHT * IoU^LAMBDA (detached), or with
-    # NORMALIZE the eq. 5 factor that keeps the loss sum unchanged
-    _C.IOU_BALANCED_LOC = CN()
-    _C.IOU_BALANCED_LOC.LAMBDA = 1.5
-    # Wu & Li Table 4: with LAMBDA 1.5 the weight that keeps the first-step loss sum is 3.049
-    _C.IOU_BALANCED_LOC.LOC_WEIGHT = 3.049
-    _C.IOU_BALANCED_LOC.NORMALIZE = False
+    # Every box loss's own keys, declared where the loss is registered (iou_aware.losses), with their
+    # defaults, help and checks: SMOOTH_L1_BETA, IOU_MODE, ALPHA_IOU.*, FOCAL_EIOU.*, FOCAL_L1.*,
+    # SMOOTH_EIOU.*, HIOU.*, IOU_BALANCED_LOC.*, and those of losses registered before this call
+    from .losses import BOX_LOSS_REGISTRY
+
+    add_registered_keys(_C, BOX_LOSS_REGISTRY)
 
     # Classification loss: "" = stock (focal / softmax CE), "iou_balanced" (Wu & Li eq. 1-2),
     # "harmonic" (Wang & Zhang eq. 12-13 with the box loss above as the localization loss)
@@ -159,39 +127,26 @@ def _choice(key, value, valid):
 
 def validate_iou_aware_config(cfg):
     """Check ``cfg.MODEL.IOU_AWARE``; raise ValueError naming the offending key."""
-    from .losses import BOX_LOSSES
+    from .losses import BOX_LOSS_REGISTRY
 
     c = cfg.MODEL.IOU_AWARE
-    if c.BOX_LOSS and c.BOX_LOSS not in BOX_LOSSES:
+    if c.BOX_LOSS and c.BOX_LOSS not in BOX_LOSS_REGISTRY:
         _fail("BOX_LOSS", f"unknown loss {c.BOX_LOSS!r}; valid names are: '' (stock), "
-              + ", ".join(sorted(BOX_LOSSES)))
+              + ", ".join(sorted(BOX_LOSS_REGISTRY)))
     if c.BOX_LOSS_WEIGHT < 0:
         _fail("BOX_LOSS_WEIGHT", f"must be >= 0, got {c.BOX_LOSS_WEIGHT}")
     _choice("BOX_PARAMETERIZATION", c.BOX_PARAMETERIZATION, PARAMETERIZATIONS)
-    _choice("IOU_MODE", c.IOU_MODE, ("linear", "square", "log"))
-    _choice("ALPHA_IOU.PENALTY", c.ALPHA_IOU.PENALTY, ALPHA_IOU_PENALTIES)
-    if c.ALPHA_IOU.ALPHA <= 0:
-        _fail("ALPHA_IOU.ALPHA", f"must be > 0 (He et al. eq. 1), got {c.ALPHA_IOU.ALPHA}")
-    if c.ALPHA_IOU.ALPHA_PENALTY == 0:
-        _fail("ALPHA_IOU.ALPHA_PENALTY", "must be > 0 (He et al. eq. 3), or < 0 for the same as ALPHA")
+    for p in BOX_LOSS_REGISTRY.all_params():
+        try:
+            _get_key(c, p.key)
+        except KeyError:
+            _fail(p.key, "is not in the config: a box loss declaring it was registered after the "
+                  "config was built; import the module that registers it before add_iou_aware_config "
+                  "(iou_aware.engine.setup_cfg)")
+    validate_registered_keys(c, BOX_LOSS_REGISTRY)
     if c.ALPHA_IOU.BOX_COX and c.ALPHA_IOU.PENALTY != "none":
         _fail("ALPHA_IOU.BOX_COX", "the Box-Cox form is He et al. eq. 1, which has no penalty term: "
               f"set ALPHA_IOU.PENALTY 'none' (got {c.ALPHA_IOU.PENALTY!r})")
-    if not math.exp(-1) - 1e-12 <= c.FOCAL_L1.BETA <= 1:
-        _fail("FOCAL_L1.BETA", f"must be in [1/e, 1] (Zhang et al. eq. 8), got {c.FOCAL_L1.BETA}")
-    if c.FOCAL_EIOU.GAMMA < 0:
-        _fail("FOCAL_EIOU.GAMMA", f"must be >= 0, got {c.FOCAL_EIOU.GAMMA}")
-    if not 0 < c.HIOU.GAMMA <= 1:
-        _fail("HIOU.GAMMA", f"must be in (0, 1]: the HIoU loss is monotone only for gamma <= 1 "
-              f"(Wang & Zhang sec. 3.2), got {c.HIOU.GAMMA}")
-    if c.HIOU.ALPHA < 0:
-        _fail("HIOU.ALPHA", f"must be >= 0, got {c.HIOU.ALPHA}")
-    if c.SMOOTH_EIOU.POWER < 1:
-        _fail("SMOOTH_EIOU.POWER", f"must be >= 1 (Peng & Yu eq. 23), got {c.SMOOTH_EIOU.POWER}")
-    if c.IOU_BALANCED_LOC.LAMBDA < 0:
-        _fail("IOU_BALANCED_LOC.LAMBDA", f"must be >= 0, got {c.IOU_BALANCED_LOC.LAMBDA}")
-    if c.IOU_BALANCED_LOC.LOC_WEIGHT < 0:
-        _fail("IOU_BALANCED_LOC.LOC_WEIGHT", f"must be >= 0, got {c.IOU_BALANCED_LOC.LOC_WEIGHT}")
     _choice("CLS_LOSS", c.CLS_LOSS, CLS_LOSSES)
     if c.IOU_BALANCED_CLS.ETA < 0:
         _fail("IOU_BALANCED_CLS.ETA", f"must be >= 0, got {c.IOU_BALANCED_CLS.ETA}")

@@ -2,7 +2,9 @@
 
 Box losses take aligned ``(N, 4)`` ``x1, y1, x2, y2`` pairs ``pred, target``; element-wise
 regression losses (smooth-L1, FocalL1, IoU-balanced smooth-L1) take any matching shapes.
-Every loss takes ``reduction="none" | "sum" | "mean"``. See ``registry`` for config names.
+Every loss takes ``reduction="none" | "sum" | "mean"``. Box losses are registered where they are
+defined (``registry``: :func:`register_box_loss`, the names ``MODEL.IOU_AWARE.BOX_LOSS`` accepts and
+their config keys); ``composition`` composes the per-positive box loss as the detectors do.
 """
 
 from .iou_losses import (
@@ -23,7 +25,8 @@ from .classification import (
     iou_kl_loss,
     task_contrastive_loss,
 )
-from .registry import BOX_LOSSES, build_box_loss
+from .registry import BOX_LOSS_REGISTRY, BOX_LOSSES, build_box_loss, register_box_loss
+from .composition import BoxLoss, BoxPairs
 
 __all__ = [
     "smooth_l1_loss",
@@ -42,6 +45,10 @@ __all__ = [
     "harmonic_loss",
     "task_contrastive_loss",
     "iou_kl_loss",
+    "BOX_LOSS_REGISTRY",
     "BOX_LOSSES",
     "build_box_loss",
+    "register_box_loss",
+    "BoxLoss",
+    "BoxPairs",
 ]

@@ -9,9 +9,10 @@
 - :func:`iou_kl_loss`: eq. 31-32 of Peng & Yu, *A Systematic IoU-Related Method* (KL divergence
   between the predicted and the ground-truth IoU of the IoU head).
 
-Conventions (``DESIGN.md``): every loss takes ``reduction="none" | "sum" | "mean"``; fp16/bf16
-input is computed in float32 while float32/float64 keep their dtype; values and gradients are
-finite for any finite input, with the divisions and logarithms guarded where they happen.
+Conventions shared by every loss of ``iou_aware.losses``: every loss takes
+``reduction="none" | "sum" | "mean"``; fp16/bf16 input is computed in float32 while
+float32/float64 keep their dtype; values and gradients are finite for any finite input, with the
+divisions and logarithms guarded where they happen.
 """
 
 import math
@@ -189,7 +190,7 @@ def task_contrastive_loss(
     distribution first. ``0 log 0 = 0``; a row of all zeros has ``H = 0``.
 
     Gradient: only ``scores`` is differentiated. ``ious`` is the target of the score and the
-    entropy factor is a weight, so both are detached (DESIGN.md).
+    entropy factor is a weight, so both are detached.
 
     Args:
         scores: ``(N,)`` predicted probability ``p_i`` of each positive's ground-truth class.

@@ -7,6 +7,10 @@ float32, float32/float64 keep their dtype. All geometric terms come from
 gradients finite for degenerate boxes are documented there and in the ``_pow`` / ``_neg_log`` helpers
 below. Argument values outside the range a paper states raise ``ValueError``.
 
+Each loss is registered as a box loss of kind "boxes" (``iou_aware.losses.registry``) with its
+config keys under ``MODEL.IOU_AWARE`` and, where a paper composes it with more than the per-box
+value, the detector's ``compose`` hook (Focal-EIoU eq. 11, HIoU + smooth-L1 eq. 11).
+
 Naming: ``efficient_iou`` is Zhang et al.'s *Efficient* IoU (EIoU, eq. 7); ``extended_iou`` is
 Peng & Yu's *extended* IoU (EIoU, eq. 10-22). Never a bare ``eiou``.
 """
@@ -18,6 +22,8 @@ import torch
 
 from ..geometry import BoxPairTerms
 from ._reduction import as_compute_dtype, check_reduction, reduce_loss
+from .registry import Param, check, one_of, register_box_loss, smooth_l1_beta_param
+from .regression import smooth_l1_loss
 
 __all__ = [
     "iou_loss",
@@ -69,6 +75,9 @@ def _neg_log(x: torch.Tensor, eps: float) -> torch.Tensor:
     return -torch.log(x.clamp(min=eps if eps > 0 else _TINY))
 
 
+@register_box_loss("iou", inputs="boxes", params=[Param(
+    "IOU_MODE", "mode", help='iou: "linear" (1 - IoU), "square" (1 - IoU^2), "log" (-ln IoU)',
+    check=one_of(*IOU_MODES))])
 def iou_loss(pred, target, mode="linear", reduction="none", eps=1e-7):
     """IoU loss in three forms, the IoU terms of He et al. eq. 1-2:
 
@@ -92,6 +101,7 @@ def iou_loss(pred, target, mode="linear", reduction="none", eps=1e-7):
     return reduce_loss(loss, reduction)
 
 
+@register_box_loss("giou", inputs="boxes")
 def giou_loss(pred, target, reduction="none", eps=1e-7):
     """Generalized IoU loss ``1 - IoU + |C \\ (A u B)| / |C|`` (Rezatofighi et al.; Zhang et al.
     eq. 4; He et al. eq. 4 with alpha = 1).
@@ -104,6 +114,7 @@ def giou_loss(pred, target, reduction="none", eps=1e-7):
     return reduce_loss((1 - t.iou).add_(t.giou_penalty), reduction)
 
 
+@register_box_loss("diou", inputs="boxes")
 def diou_loss(pred, target, reduction="none", eps=1e-7):
     """Distance IoU loss ``1 - IoU + rho^2(b, b_gt) / c^2`` (Zheng et al.; He et al. eq. 4 with
     alpha = 1), ``c^2 = w_c^2 + h_c^2 + eps`` the enclosing box's squared diagonal.
@@ -115,6 +126,7 @@ def diou_loss(pred, target, reduction="none", eps=1e-7):
     return reduce_loss((1 - t.iou).add_(t.diou_penalty), reduction)
 
 
+@register_box_loss("ciou", inputs="boxes")
 def ciou_loss(pred, target, reduction="none", eps=1e-7):
     """Complete IoU loss ``1 - IoU + rho^2 / c^2 + alpha * v`` (Zheng et al.; Zhang et al. eq. 5;
     He et al. eq. 4 with alpha = 1).
@@ -135,6 +147,7 @@ def _efficient_iou(t: BoxPairTerms) -> torch.Tensor:
     return (1 - t.iou).add_(t.diou_penalty).add_(t.efficient_wh_penalty)
 
 
+@register_box_loss("efficient_iou", inputs="boxes")
 def efficient_iou_loss(pred, target, reduction="none", eps=1e-7):
     """Efficient IoU loss of Zhang et al. eq. 7 (``L_IoU + L_dis + L_asp``)::
 
@@ -148,6 +161,21 @@ def efficient_iou_loss(pred, target, reduction="none", eps=1e-7):
     return reduce_loss(_efficient_iou(t), reduction)
 
 
+def focal_efficient_iou_batch_normalization(loss, pairs, gamma):
+    """The detector's composition of Focal-EIoU, Zhang et al. eq. 11: the batch loss is
+    ``sum_i W_i L_i / sum_i W_i`` with ``W_i = IoU_i^gamma``, not a mean over the boxes. The
+    detector sums the per-positive losses and divides by its positive count ``P``, so each is
+    rescaled by ``P / sum_i W_i`` (``W`` from the detached IoUs, the sum floored at 1e-6)."""
+    if not loss.numel():
+        return loss
+    w = pairs.ious.pow(gamma)
+    return loss * (loss.numel() / w.sum().clamp(min=1e-6))
+
+
+@register_box_loss("focal_efficient_iou", inputs="boxes", compose=focal_efficient_iou_batch_normalization,
+                   params=[Param("FOCAL_EIOU.GAMMA", "gamma", help="focal_efficient_iou (Zhang et al. "
+                                 "eq. 10-11): IoU^gamma weight (detached)",
+                                 check=check(lambda g: g >= 0, "must be >= 0"))])
 def focal_efficient_iou_loss(pred, target, gamma=0.5, reduction="none", eps=1e-7):
     """Focal-EIoU of Zhang et al. eq. 10-11: per box ``w_i * L_EIoU,i`` with ``w_i = IoU_i^gamma``.
 
@@ -171,6 +199,21 @@ def focal_efficient_iou_loss(pred, target, gamma=0.5, reduction="none", eps=1e-7
     return weighted.sum() / denom
 
 
+_ALPHA = "alpha_iou (He et al. eq. 1-4): "
+
+
+@register_box_loss("alpha_iou", inputs="boxes", params=[
+    Param("ALPHA_IOU.ALPHA", "alpha", help=_ALPHA + "power alpha",
+          check=check(lambda a: a > 0, "must be > 0 (He et al. eq. 1)")),
+    Param("ALPHA_IOU.PENALTY", "penalty", help=_ALPHA + "penalty none|giou|diou|ciou",
+          check=one_of(*ALPHA_PENALTIES)),
+    Param("ALPHA_IOU.ALPHA_PENALTY", "alpha_penalty", default=-1.0,
+          help=_ALPHA + "penalty power (< 0 = same as ALPHA)",
+          check=check(lambda a: a != 0, "must be > 0 (He et al. eq. 3), or < 0 for the same as ALPHA"),
+          to_arg=lambda a: None if a < 0 else a),
+    Param("ALPHA_IOU.BOX_COX", "box_cox", help=_ALPHA + "BOX_COX = (1 - IoU^alpha) / alpha (eq. 1); "
+          "needs PENALTY none"),
+])
 def alpha_iou_loss(
     pred,
     target,
@@ -231,6 +274,29 @@ def alpha_iou_loss(
     return reduce_loss(loss, reduction)
 
 
+def harmonic_localization_loss(loss, pairs, alpha, add_smooth_l1, smooth_l1_beta):
+    """The detector's composition of HIoU, Wang & Zhang eq. 11: with ``add_smooth_l1`` the box loss
+    is the full localization loss ``smooth_L1(deltas) + alpha * L_HIoU`` (smooth-L1 summed over the
+    four regression targets), otherwise ``L_HIoU`` alone (``alpha`` unused)."""
+    if not add_smooth_l1:
+        return loss
+    l1 = smooth_l1_loss(pairs.pred_deltas, pairs.target_deltas, beta=smooth_l1_beta).sum(dim=1)
+    return l1 + alpha * loss
+
+
+_HIOU = "harmonic_iou (Wang & Zhang eq. 10-11): "
+
+
+@register_box_loss("harmonic_iou", inputs="boxes", compose=harmonic_localization_loss, params=[
+    Param("HIOU.GAMMA", "gamma", help=_HIOU + "(1 + IoU)^GAMMA (1 - IoU), GAMMA <= 1",
+          check=check(lambda g: 0 < g <= 1, "must be in (0, 1]: the HIoU loss is monotone only for "
+                      "gamma <= 1 (Wang & Zhang sec. 3.2)")),
+    Param("HIOU.ALPHA", "alpha", default=1.5, help=_HIOU + "weight of HIoU in smooth_l1 + ALPHA * HIoU",
+          check=check(lambda a: a >= 0, "must be >= 0")),
+    Param("HIOU.ADD_SMOOTH_L1", "add_smooth_l1", default=True,
+          help=_HIOU + "the box loss is the full localization loss smooth_l1 + ALPHA * HIoU (eq. 11)"),
+    smooth_l1_beta_param("smooth_l1_beta"),
+])
 def harmonic_iou_loss(pred, target, gamma=0.8, reduction="none", eps=1e-7):
     """Harmonic IoU loss of Wang & Zhang eq. 10: ``(1 + IoU)^gamma * (1 - IoU)``.
 
@@ -240,7 +306,7 @@ def harmonic_iou_loss(pred, target, gamma=0.8, reduction="none", eps=1e-7):
     ``gamma > 1`` (the loss would push low-IoU boxes away). So ``gamma > 1`` raises ``ValueError``.
     The paper uses 0.8; ``gamma < 0`` is allowed (still monotone) but down-weights high-IoU boxes,
     the opposite of the paper's intent. Eq. 11 adds this loss, times a weight, to the smooth-L1
-    loss: compose that in the detector.
+    loss: :func:`harmonic_localization_loss`, the detector's composition.
     """
     _check_number(
         "gamma",
@@ -253,6 +319,14 @@ def harmonic_iou_loss(pred, target, gamma=0.8, reduction="none", eps=1e-7):
     return reduce_loss((1 + iou).pow(gamma) * (1 - iou), reduction)
 
 
+_SMOOTH_EIOU = "smooth_extended_iou (Peng & Yu eq. 23, 28): "
+
+
+@register_box_loss("smooth_extended_iou", inputs="boxes", params=[
+    Param("SMOOTH_EIOU.POWER", "power", help=_SMOOTH_EIOU + "(1 - EIoU)^POWER",
+          check=check(lambda p: p >= 1, "must be >= 1 (Peng & Yu eq. 23)")),
+    Param("SMOOTH_EIOU.SOT", "sot", help=_SMOOTH_EIOU + "SOT = the steady optimization technique"),
+])
 def smooth_extended_iou_loss(pred, target, power=2.0, sot=True, reduction="none", eps=1e-7):
     """Smooth-EIoU loss of Peng & Yu eq. 23 with the steady optimization technique (eq. 28).
 

@@ -6,8 +6,12 @@
 - :func:`iou_balanced_smooth_l1_loss`: IoU-balanced localization loss, eq. 3-5 of Wu & Li,
   *IoU-balanced Loss Functions for Single-stage Object Detection*.
 
-Conventions (``DESIGN.md``): ``reduction="none" | "sum" | "mean"``; fp16/bf16 input is computed in
-float32, float32/float64 keep their dtype; finite values and gradients for any finite input.
+Conventions shared by every loss of ``iou_aware.losses``: ``reduction="none" | "sum" | "mean"``;
+fp16/bf16 input is computed in float32, float32/float64 keep their dtype; finite values and
+gradients for any finite input.
+
+Each loss is registered as a box loss of kind "deltas" (``iou_aware.losses.registry``) with its
+config keys under ``MODEL.IOU_AWARE``.
 """
 
 import math
@@ -16,6 +20,7 @@ import torch
 
 from ._reduction import as_compute_dtype, check_reduction, reduce_loss
 from .classification import _check_nonnegative, _check_same_shape, _iou_balanced_normalized_weights
+from .registry import Param, check, register_box_loss, smooth_l1_beta_param
 
 __all__ = ["smooth_l1_loss", "focal_l1_loss", "iou_balanced_smooth_l1_loss"]
 
@@ -28,6 +33,7 @@ def _smooth_l1(diff: torch.Tensor, beta: float) -> torch.Tensor:
     return torch.where(n < beta, quadratic, n - 0.5 * beta)
 
 
+@register_box_loss("smooth_l1", inputs="deltas", params=[smooth_l1_beta_param()])
 def smooth_l1_loss(
     input: torch.Tensor, target: torch.Tensor, beta: float = 0.11, reduction: str = "none"
 ) -> torch.Tensor:
@@ -55,6 +61,10 @@ def smooth_l1_loss(
     return reduce_loss(_smooth_l1(input - target, beta), reduction)
 
 
+@register_box_loss("focal_l1", inputs="deltas", params=[Param(
+    "FOCAL_L1.BETA", "beta",
+    help="focal_l1 (Zhang et al. eq. 8-9): beta sets the curvature (alpha = e * beta); see focal_l1_loss",
+    check=check(lambda b: math.exp(-1) - 1e-12 <= b <= 1, "must be in [1/e, 1] (Zhang et al. eq. 8)"))])
 def focal_l1_loss(
     input: torch.Tensor, target: torch.Tensor, beta: float = 0.8, reduction: str = "none"
 ) -> torch.Tensor:
@@ -123,6 +133,19 @@ class _FocalL1(torch.autograd.Function):
         return grad_out * magnitude * torch.sign(d), None
 
 
+_IOU_BALANCED = "iou_balanced_smooth_l1 (Wu & Li eq. 3-5): "
+
+
+@register_box_loss("iou_balanced_smooth_l1", inputs="deltas", needs_ious=True, params=[
+    Param("IOU_BALANCED_LOC.LAMBDA", "lam", help=_IOU_BALANCED + "the weight is LOC_WEIGHT * IoU^LAMBDA "
+          "(detached)", check=check(lambda v: v >= 0, "must be >= 0")),
+    smooth_l1_beta_param(),
+    Param("IOU_BALANCED_LOC.LOC_WEIGHT", "loc_weight", default=3.049,
+          help=_IOU_BALANCED + "w_loc; Wu & Li Table 4: with LAMBDA 1.5 the weight that keeps the "
+          "first-step loss sum is 3.049", check=check(lambda v: v >= 0, "must be >= 0")),
+    Param("IOU_BALANCED_LOC.NORMALIZE", "normalize",
+          help=_IOU_BALANCED + "use the eq. 5 factor that keeps the loss sum unchanged"),
+])
 def iou_balanced_smooth_l1_loss(
     input: torch.Tensor,
     target: torch.Tensor,
