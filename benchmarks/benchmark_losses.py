@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Forward + backward time of every box loss in ``iou_aware.losses.BOX_LOSSES``.
+"""Forward + backward time of every registered box loss (``iou_aware.losses.BOX_LOSS_REGISTRY``).
 
 For each device (CPU, and CUDA when available) and each size N, every loss runs
 ``loss(x, target, reduction="sum").backward()`` on N pairs: box losses on ``(N, 4)`` boxes, the
@@ -23,7 +23,6 @@ other loss <= 2x our IoU loss. Results: a table on stdout and a CSV file (``--ou
 
 import argparse
 import csv
-import inspect
 import os
 import sys
 import time
@@ -46,8 +45,7 @@ from benchmarks.timing import (  # noqa: E402
     set_threads,
     time_call,
 )
-from iou_aware.losses import BOX_LOSSES  # noqa: E402
-from iou_aware.losses.registry import BOX_LOSS_INPUTS  # noqa: E402
+from iou_aware.losses import BOX_LOSS_REGISTRY  # noqa: E402
 
 REFERENCES = {
     "tv_giou": generalized_box_iou_loss,
@@ -85,10 +83,12 @@ def make_calls(inputs):
     deltas, delta_target = inputs["deltas"]
     for name, fn in REFERENCES.items():
         calls[name] = (pred, lambda x, fn=fn: fn(x, target, reduction="sum"))
-    for name, fn in BOX_LOSSES.items():
-        if BOX_LOSS_INPUTS[name] == "boxes":
+    for name in BOX_LOSS_REGISTRY:
+        entry = BOX_LOSS_REGISTRY.get(name)
+        fn = entry.fn
+        if entry.meta["inputs"] == "boxes":
             calls[name] = (pred, lambda x, fn=fn: fn(x, target, reduction="sum"))
-        elif "ious" in inspect.signature(fn).parameters:
+        elif entry.meta.get("needs_ious"):
             calls[name] = (deltas, lambda x, fn=fn: fn(x, delta_target, inputs["ious"], reduction="sum"))
         else:
             calls[name] = (deltas, lambda x, fn=fn: fn(x, delta_target, reduction="sum"))
@@ -116,7 +116,7 @@ def rows_for(device_name, threads, clock_name, n, med):
             "clock": clock_name,
             "n": n,
             "loss": name,
-            "inputs": "boxes" if name in REFERENCES else BOX_LOSS_INPUTS[name],
+            "inputs": "boxes" if name in REFERENCES else BOX_LOSS_REGISTRY.get(name).meta["inputs"],
             "median_ms": t * 1e3,
             "vs_tv_giou": t / med["tv_giou"],
             "vs_tv_diou": t / med["tv_diou"],
