@@ -9,7 +9,8 @@ import math
 
 from detectron2.config import CfgNode as CN
 
-NMS_TYPES = ("standard", "score_fused", "iou_guided", "soft")
+from .nms import NMS_REGISTRY, nms_needs_ious
+
 CLS_LOSSES = ("", "iou_balanced", "harmonic")
 PARAMETERIZATIONS = ("deltas", "corners")
 ALPHA_IOU_PENALTIES = ("none", "giou", "diou", "ciou")
@@ -99,16 +100,16 @@ def add_iou_aware_config(cfg):
     _C.IOU_HEAD.LOSS_WEIGHT = 1.0
     _C.IOU_HEAD.CLASS_AGNOSTIC = True  # one IoU per box; False = one per class (ROI heads only)
 
-    # NMS at inference: "standard" (stock per-class NMS), "score_fused" (score^(1-a) * iou^a, then NMS),
-    # "iou_guided" (IoU-Net Alg. 1: rank by predicted IoU, keep the cluster's best score),
-    # "soft" (Bodla et al.). IoU threshold: the detector's NMS_THRESH_TEST.
-    # score_fused and iou_guided need IOU_HEAD.ENABLED.
+    # NMS at inference: any name of iou_aware.nms.NMS_REGISTRY: "standard" (stock per-class NMS),
+    # "score_fused" (score^(1-a) * iou^a, then NMS), "iou_guided" (IoU-Net Alg. 1: rank by predicted
+    # IoU, keep the cluster's best score), "soft" (Bodla et al.), or one added with
+    # iou_aware.nms.register_nms. IoU threshold: the detector's NMS_THRESH_TEST. Types registered
+    # with needs_ious (score_fused, iou_guided) need IOU_HEAD.ENABLED. The keys of every registered
+    # type (NMS.FUSION_ALPHA, NMS.SOFT_METHOD, NMS.SOFT_SIGMA, NMS.SOFT_SCORE_THRESH, ...) are added
+    # with their defaults; their help texts are in iou_aware/nms/registry.py.
     _C.NMS = CN()
     _C.NMS.TYPE = "standard"
-    _C.NMS.FUSION_ALPHA = 0.5  # score_fused: a in [0, 1]
-    _C.NMS.SOFT_METHOD = "gaussian"  # soft: "gaussian" or "linear"
-    _C.NMS.SOFT_SIGMA = 0.5  # soft, gaussian
-    _C.NMS.SOFT_SCORE_THRESH = 0.001  # soft: drop boxes whose decayed score falls below
+    add_registered_keys(_C, NMS_REGISTRY)
     return cfg
 
 
@@ -129,6 +130,12 @@ def add_registered_keys(node, registry):
 
 def _get_key(node, key):
     for part in key.split("."):
+        if not isinstance(node, CN) or part not in node:
+            raise KeyError(
+                f"MODEL.IOU_AWARE.{key} is not in the config: it is declared by a function "
+                "registered after the config was built; register (import the registering module) "
+                "before add_iou_aware_config / iou_aware.engine.setup_cfg"
+            )
         node = node[part]
     return node
 
@@ -204,12 +211,11 @@ def validate_iou_aware_config(cfg):
             _fail(f"HARMONIC.{key}", f"must be >= 0 (Wang & Zhang eq. 8), got {c.HARMONIC[key]}")
     if c.IOU_HEAD.LOSS_WEIGHT < 0:
         _fail("IOU_HEAD.LOSS_WEIGHT", f"must be >= 0, got {c.IOU_HEAD.LOSS_WEIGHT}")
-    _choice("NMS.TYPE", c.NMS.TYPE, NMS_TYPES)
-    if c.NMS.TYPE in ("score_fused", "iou_guided") and not c.IOU_HEAD.ENABLED:
-        _fail("NMS.TYPE", f"{c.NMS.TYPE!r} NMS ranks by the predicted IoU: it needs "
+    if c.NMS.TYPE not in NMS_REGISTRY:
+        _fail("NMS.TYPE", f"unknown NMS type {c.NMS.TYPE!r}; valid names are: "
+              + ", ".join(repr(n) for n in sorted(NMS_REGISTRY))
+              + " (iou_aware.nms.register_nms adds more; register before building the config)")
+    if nms_needs_ious(c.NMS.TYPE) and not c.IOU_HEAD.ENABLED:
+        _fail("NMS.TYPE", f"{c.NMS.TYPE!r} NMS uses the predicted IoUs: it needs "
               "MODEL.IOU_AWARE.IOU_HEAD.ENABLED True")
-    if not 0.0 <= c.NMS.FUSION_ALPHA <= 1.0:
-        _fail("NMS.FUSION_ALPHA", f"must be in [0, 1], got {c.NMS.FUSION_ALPHA}")
-    _choice("NMS.SOFT_METHOD", c.NMS.SOFT_METHOD, ("gaussian", "linear"))
-    if c.NMS.SOFT_SIGMA <= 0:
-        _fail("NMS.SOFT_SIGMA", f"must be > 0, got {c.NMS.SOFT_SIGMA}")
+    validate_registered_keys(c, NMS_REGISTRY)
