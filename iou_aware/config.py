@@ -130,7 +130,7 @@ def add_registered_keys(node, registry):
 
 def _get_key(node, key):
     for part in key.split("."):
-        if not isinstance(node, CN) or part not in node:
+        if not isinstance(node, dict) or part not in node:
             raise KeyError(
                 f"MODEL.IOU_AWARE.{key} is not in the config: it is declared by a function "
                 "registered after the config was built; register (import the registering module) "

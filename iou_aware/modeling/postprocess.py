@@ -54,7 +54,8 @@ def run_nms(
 def _check_result(name, result, boxes):
     """``(keep, out_scores, out_boxes)`` from what NMS type ``name`` returned, or a ValueError
     saying what the protocol asks for."""
-    what = f"NMS type {name!r} ({NMS_REGISTRY.get(name).fn.__qualname__})"
+    fn = NMS_REGISTRY.get(name).fn
+    what = f"NMS type {name!r} ({getattr(fn, '__qualname__', repr(fn))})"
     if not isinstance(result, (tuple, list)) or len(result) not in (2, 3):
         got = _describe(result) + (f" of length {len(result)}" if isinstance(result, (tuple, list)) else "")
         raise ValueError(f"{what} must return (keep, out_scores) or (keep, out_scores, out_boxes), got {got}")
