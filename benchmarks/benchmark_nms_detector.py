@@ -10,7 +10,8 @@
 
 ``iou_guided_nms`` finds, for every box that NMS removes, the kept box that removed it, either by
 testing every (kept, removed) pair of a class (dense) or by a spatially bucketed search (grid);
-``iou_aware.nms`` picks one from the size of the padded per-class blocks (``_DENSE_PAIRS_*``).
+``iou_aware.nms.suppressor`` picks one from the size of the padded per-class blocks
+(``_DENSE_PAIRS_*``; ``docs/nms.md``).
 This tool measures that choice where it matters, on what a detector really sends to NMS: it runs
 the config's detector (which must have the IoU head; its NMS is set to ``iou_guided``) on the
 first ``--images`` test images at the config's score threshold, records each image's NMS input,
@@ -41,7 +42,6 @@ from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.data import DatasetCatalog, DatasetMapper  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
-import iou_aware.nms as nms_module  # noqa: E402
 from benchmarks.common import trailing_overrides  # noqa: E402
 from benchmarks.timing import (  # noqa: E402
     clock_for,
@@ -52,6 +52,7 @@ from benchmarks.timing import (  # noqa: E402
     time_call,
 )
 from iou_aware.engine import setup_cfg  # noqa: E402
+from iou_aware.nms import iou_guided as iou_guided_module, suppressor  # noqa: E402
 
 FIELDS = ["image", "candidates", "classes", "kept", "padded_pairs", "search", "torchvision_ms", "dense_ms",
           "grid_ms", "default_ms"]
@@ -60,26 +61,26 @@ FIELDS = ["image", "candidates", "classes", "kept", "padded_pairs", "search", "t
 @contextlib.contextmanager
 def search_limit(limit):
     """Force the dense search (limit: huge), the grid (0), or leave the choice (None)."""
-    saved = nms_module._DENSE_PAIRS_CPU, nms_module._DENSE_PAIRS_CUDA
+    saved = suppressor._DENSE_PAIRS_CPU, suppressor._DENSE_PAIRS_CUDA
     if limit is not None:
-        nms_module._DENSE_PAIRS_CPU = nms_module._DENSE_PAIRS_CUDA = limit
+        suppressor._DENSE_PAIRS_CPU = suppressor._DENSE_PAIRS_CUDA = limit
     try:
         yield
     finally:
-        nms_module._DENSE_PAIRS_CPU, nms_module._DENSE_PAIRS_CUDA = saved
+        suppressor._DENSE_PAIRS_CPU, suppressor._DENSE_PAIRS_CUDA = saved
 
 
 SEARCHES = {"dense": 1 << 62, "grid": 0, "default": None}
 
 
 @contextlib.contextmanager
-def patched(name, wrapper_of):
-    original = getattr(nms_module, name)
-    setattr(nms_module, name, wrapper_of(original))
+def patched(module, name, wrapper_of):
+    original = getattr(module, name)
+    setattr(module, name, wrapper_of(original))
     try:
         yield
     finally:
-        setattr(nms_module, name, original)
+        setattr(module, name, original)
 
 
 def capture_nms_inputs(cfg, weights, num_images):
@@ -87,6 +88,10 @@ def capture_nms_inputs(cfg, weights, num_images):
     ``(image index, arguments by name)``."""
     if not cfg.DATASETS.TEST:
         raise ValueError("the config names no test dataset (DATASETS.TEST) to take images from")
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.IOU_AWARE.NMS.TYPE = "iou_guided"  # whatever the config ranks with
+    cfg.freeze()
     model = build_model(cfg)
     model.eval()
     if weights:
@@ -104,7 +109,7 @@ def capture_nms_inputs(cfg, weights, num_images):
             return original(*args, **kwargs)
         return wrapper
 
-    with patched("iou_guided_nms", recording), torch.no_grad():
+    with patched(iou_guided_module, "iou_guided_nms", recording), torch.no_grad():
         for image, d in enumerate(dataset):
             model([mapper(copy.deepcopy(d))])
     return calls
@@ -130,8 +135,9 @@ def search_chosen(nms_args):
             return wrapper
         return wrap
 
-    with patched("_suppressor_dense", spy("dense")), patched("_suppressor_by_grid", spy("grid")):
-        nms_module.iou_guided_nms(**nms_args)
+    with patched(suppressor, "_suppressor_dense", spy("dense")), \
+            patched(suppressor, "_suppressor_by_grid", spy("grid")):
+        iou_guided_module.iou_guided_nms(**nms_args)
     return chosen[0] if chosen else "-"
 
 
@@ -142,7 +148,7 @@ def time_image(nms_args, repeats, device, timer):
     for name, limit in SEARCHES.items():
         def run(limit=limit):
             with search_limit(limit):
-                return nms_module.iou_guided_nms(**nms_args)
+                return iou_guided_module.iou_guided_nms(**nms_args)
         runs[name] = run
     dense, grid = runs["dense"](), runs["grid"]()
     if not (torch.equal(dense[0], grid[0]) and torch.equal(dense[1], grid[1])):
@@ -177,7 +183,7 @@ def main(argv=None):
 
 
 def run(args):
-    cfg = setup_cfg(args.config_file, [*args.opts, "MODEL.IOU_AWARE.NMS.TYPE", "iou_guided"])
+    cfg = setup_cfg(args.config_file, args.opts)
     calls = capture_nms_inputs(cfg, args.weights, args.images)
     if not calls:
         raise SystemExit("no image reached NMS: lower the test score threshold (see --help)")

@@ -7,7 +7,8 @@ and combinations with a message that names the key.
 
 from detectron2.config import CfgNode as CN
 
-NMS_TYPES = ("standard", "score_fused", "iou_guided", "soft")
+from .nms import NMS_REGISTRY, nms_needs_ious
+
 CLS_LOSSES = ("", "iou_balanced", "harmonic")
 PARAMETERIZATIONS = ("deltas", "corners")
 HARMONIC_DETACH = ("auto", "none", "both")
@@ -67,16 +68,16 @@ def add_iou_aware_config(cfg):
     _C.IOU_HEAD.LOSS_WEIGHT = 1.0
     _C.IOU_HEAD.CLASS_AGNOSTIC = True  # one IoU per box; False = one per class (ROI heads only)
 
-    # NMS at inference: "standard" (stock per-class NMS), "score_fused" (score^(1-a) * iou^a, then NMS),
-    # "iou_guided" (IoU-Net Alg. 1: rank by predicted IoU, keep the cluster's best score),
-    # "soft" (Bodla et al.). IoU threshold: the detector's NMS_THRESH_TEST.
-    # score_fused and iou_guided need IOU_HEAD.ENABLED.
+    # NMS at inference: any name of iou_aware.nms.NMS_REGISTRY: "standard" (stock per-class NMS),
+    # "score_fused" (score^(1-a) * iou^a, then NMS), "iou_guided" (IoU-Net Alg. 1: rank by predicted
+    # IoU, keep the cluster's best score), "soft" (Bodla et al.), or one added with
+    # iou_aware.nms.register_nms. IoU threshold: the detector's NMS_THRESH_TEST. Types registered
+    # with needs_ious (score_fused, iou_guided) need IOU_HEAD.ENABLED. The keys of every registered
+    # type (NMS.FUSION_ALPHA, NMS.SOFT_METHOD, NMS.SOFT_SIGMA, NMS.SOFT_SCORE_THRESH, ...) are added
+    # with their defaults; their help texts are in iou_aware/nms/registry.py.
     _C.NMS = CN()
     _C.NMS.TYPE = "standard"
-    _C.NMS.FUSION_ALPHA = 0.5  # score_fused: a in [0, 1]
-    _C.NMS.SOFT_METHOD = "gaussian"  # soft: "gaussian" or "linear"
-    _C.NMS.SOFT_SIGMA = 0.5  # soft, gaussian
-    _C.NMS.SOFT_SCORE_THRESH = 0.001  # soft: drop boxes whose decayed score falls below
+    add_registered_keys(_C, NMS_REGISTRY)
     return cfg
 
 
@@ -95,8 +96,15 @@ def add_registered_keys(node, registry):
             sub[leaf] = p.default
 
 
+def _missing_key(what="function"):
+    return (f"is not in the config: a {what} declaring it was registered after the config was built; "
+            "import the module that registers it before add_iou_aware_config (iou_aware.engine.setup_cfg)")
+
+
 def _get_key(node, key):
     for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(f"MODEL.IOU_AWARE.{key} {_missing_key()}")
         node = node[part]
     return node
 
@@ -107,13 +115,16 @@ def registered_values(node, registry, name):
 
 
 def validate_registered_keys(node, registry):
-    """Run every declared key's check; raise ValueError naming ``MODEL.IOU_AWARE.<key>``."""
+    """Check that every key ``registry`` declares is in the config and passes its check; raise
+    ValueError naming ``MODEL.IOU_AWARE.<key>``."""
     for p in registry.all_params():
-        if p.check is not None:
+        try:
             value = _get_key(node, p.key)
-            err = p.check(value)
-            if err:
-                _fail(p.key, f"{err}, got {value!r}")
+        except KeyError:
+            _fail(p.key, _missing_key(registry.what))
+        err = p.check(value) if p.check is not None else None
+        if err:
+            _fail(p.key, f"{err}, got {value!r}")
 
 
 def _fail(key, msg):
@@ -136,13 +147,6 @@ def validate_iou_aware_config(cfg):
     if c.BOX_LOSS_WEIGHT < 0:
         _fail("BOX_LOSS_WEIGHT", f"must be >= 0, got {c.BOX_LOSS_WEIGHT}")
     _choice("BOX_PARAMETERIZATION", c.BOX_PARAMETERIZATION, PARAMETERIZATIONS)
-    for p in BOX_LOSS_REGISTRY.all_params():
-        try:
-            _get_key(c, p.key)
-        except KeyError:
-            _fail(p.key, "is not in the config: a box loss declaring it was registered after the "
-                  "config was built; import the module that registers it before add_iou_aware_config "
-                  "(iou_aware.engine.setup_cfg)")
     validate_registered_keys(c, BOX_LOSS_REGISTRY)
     if c.ALPHA_IOU.BOX_COX and c.ALPHA_IOU.PENALTY != "none":
         _fail("ALPHA_IOU.BOX_COX", "the Box-Cox form is He et al. eq. 1, which has no penalty term: "
@@ -159,12 +163,11 @@ def validate_iou_aware_config(cfg):
             _fail(f"HARMONIC.{key}", f"must be >= 0 (Wang & Zhang eq. 8), got {c.HARMONIC[key]}")
     if c.IOU_HEAD.LOSS_WEIGHT < 0:
         _fail("IOU_HEAD.LOSS_WEIGHT", f"must be >= 0, got {c.IOU_HEAD.LOSS_WEIGHT}")
-    _choice("NMS.TYPE", c.NMS.TYPE, NMS_TYPES)
-    if c.NMS.TYPE in ("score_fused", "iou_guided") and not c.IOU_HEAD.ENABLED:
-        _fail("NMS.TYPE", f"{c.NMS.TYPE!r} NMS ranks by the predicted IoU: it needs "
+    if c.NMS.TYPE not in NMS_REGISTRY:
+        _fail("NMS.TYPE", f"unknown NMS type {c.NMS.TYPE!r}; valid names are: "
+              + ", ".join(repr(n) for n in sorted(NMS_REGISTRY))
+              + " (iou_aware.nms.register_nms adds more; register before building the config)")
+    if nms_needs_ious(c.NMS.TYPE) and not c.IOU_HEAD.ENABLED:
+        _fail("NMS.TYPE", f"{c.NMS.TYPE!r} NMS uses the predicted IoUs: it needs "
               "MODEL.IOU_AWARE.IOU_HEAD.ENABLED True")
-    if not 0.0 <= c.NMS.FUSION_ALPHA <= 1.0:
-        _fail("NMS.FUSION_ALPHA", f"must be in [0, 1], got {c.NMS.FUSION_ALPHA}")
-    _choice("NMS.SOFT_METHOD", c.NMS.SOFT_METHOD, ("gaussian", "linear"))
-    if c.NMS.SOFT_SIGMA <= 0:
-        _fail("NMS.SOFT_SIGMA", f"must be > 0, got {c.NMS.SOFT_SIGMA}")
+    validate_registered_keys(c, NMS_REGISTRY)

@@ -317,12 +317,15 @@ def test_each_nms_type_returns_valid_instances(config, nms, monkeypatch):
     model = build(cfg)
     model.eval()
     # the configured NMS is the one that runs (and no other), once per image
+    import importlib
+
     import iou_aware.nms as nms_ops
 
     called = []
     for name in ("batched_nms", "soft_nms", "score_fused_nms", "iou_guided_nms"):
         original = getattr(nms_ops, name)
-        monkeypatch.setattr(nms_ops, name, lambda *a, _f=original, _n=name, **k: called.append(_n) or _f(*a, **k))
+        module = importlib.import_module(original.__module__)  # where the registered types call it
+        monkeypatch.setattr(module, name, lambda *a, _f=original, _n=name, **k: called.append(_n) or _f(*a, **k))
     with torch.no_grad():
         outputs = model(fake_batch())
     expected = {"standard": "batched_nms", "soft": "soft_nms"}.get(nms, f"{nms}_nms")

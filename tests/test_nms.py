@@ -139,7 +139,7 @@ def _assert_result(keep, out, ref_keep, ref_scores, exact=True):
 def suppressor_search(request, monkeypatch):
     """Run the test with one of the two suppressor searches of IoU-guided NMS forced (dense
     per-class blocks or the spatial grid), and check afterwards that only that one ran."""
-    import iou_aware.nms as nms_module
+    from iou_aware.nms import suppressor as nms_module
 
     search = request.param
     limit = 1 << 62 if search == "dense" else 0
@@ -215,14 +215,14 @@ def test_iou_guided_keeps_what_standard_nms_keeps_on_ious(suppressor_search):
 
 def test_iou_guided_many_boxes_pair_chunks(monkeypatch):
     # force the grid search's (kept, removed) pair list to be processed in several chunks
-    import iou_aware.nms as nms_module
+    from iou_aware.nms import iou_guided as iou_guided_module, suppressor as nms_module
 
     boxes, scores, ious, idxs = clustered_boxes(7, 400, num_classes=2, num_objects=12)
     monkeypatch.setattr(nms_module, "_DENSE_PAIRS_CPU", 1 << 62)  # the dense search
     expected = iou_guided_nms(boxes, scores, ious, idxs, 0.5)
     monkeypatch.setattr(nms_module, "_DENSE_PAIRS_CPU", 0)  # the grid search
     monkeypatch.setattr(nms_module, "_MAX_PAIRS_PER_CHUNK_CPU", 97)
-    monkeypatch.setattr(nms_module, "_NMS_GROUP_BOXES_CPU", 16)  # and several kernel groups
+    monkeypatch.setattr(iou_guided_module, "_NMS_GROUP_BOXES_CPU", 16)  # and several kernel groups
     keep, out = iou_guided_nms(boxes, scores, ious, idxs, 0.5)
     assert torch.equal(keep, expected[0]) and torch.equal(out, expected[1])
     ref_keep, ref_scores = reference_iou_guided_nms(boxes, scores, ious, idxs, 0.5)
@@ -234,7 +234,7 @@ def test_iou_guided_centre_window_bound_holds(threshold):
     # The candidate search relies on: IoU > t implies |cx_k - cx_r| < g(t) * min(w_k, w_r) (and
     # the same for heights). Check it on random pairs whose sizes differ up to the factor 1/t that
     # IoU > t allows, with centre offsets reaching past the bound.
-    from iou_aware.nms import _centre_window
+    from iou_aware.nms.suppressor import _centre_window
 
     bound = _centre_window(threshold)
     g = torch.Generator().manual_seed(int(threshold * 100))
@@ -264,7 +264,7 @@ def test_iou_guided_finds_suppressor_at_the_edge_of_the_window(threshold, remove
     # box must still hand its score to its suppressor. The finest grid (cells of 1/64 of the
     # span) makes the search window itself decide: a window 10% too small fails the cases where
     # the removed box is the narrow one (the window is the removed box's).
-    import iou_aware.nms as nms_module
+    from iou_aware.nms import suppressor as nms_module
 
     monkeypatch.setattr(nms_module, "_DENSE_PAIRS_CPU", 0)  # the grid search
     monkeypatch.setattr(nms_module, "_CELL_FACTOR", 1e-6)
@@ -383,7 +383,7 @@ def test_soft_nms_many_boxes_one_class_float32():
 @pytest.mark.parametrize("method", ["gaussian", "linear"])
 def test_soft_nms_without_precomputed_multipliers(method, monkeypatch):
     # the on-the-fly path (large inputs): dense and ragged multi-pick steps, compaction
-    import iou_aware.nms as nms_module
+    from iou_aware.nms import soft as nms_module
 
     monkeypatch.setattr(nms_module, "_SOFT_NMS_DENSE_ELEMENTS", 0)
     for seed in range(6):

@@ -6,7 +6,8 @@
         [--confidence-threshold 0.5] [--opts MODEL.WEIGHTS output/.../model_final.pth]
 
 Without MODEL.WEIGHTS the config's OUTPUT_DIR/model_final.pth is used.
---nms TYPE overrides MODEL.IOU_AWARE.NMS.TYPE (standard, score_fused, iou_guided, soft).
+--nms TYPE overrides MODEL.IOU_AWARE.NMS.TYPE (a registered NMS type: standard, score_fused,
+iou_guided, soft, or one added with iou_aware.nms.register_nms).
 --side-by-side writes, per image, a reference on the left and this model on the right: the
 detector of --compare-config/--compare-weights (e.g. a stock RetinaNet), or by default the same
 weights with standard NMS.
@@ -18,8 +19,8 @@ import sys
 from detectron2.utils.logger import setup_logger
 
 from iou_aware.demo import run_demo
-from iou_aware.config import NMS_TYPES
 from iou_aware.engine import setup_cfg
+from iou_aware.nms import NMS_REGISTRY
 
 
 def get_parser():
@@ -29,7 +30,8 @@ def get_parser():
     p.add_argument("--output", required=True, help="folder for annotated images and detections.json")
     p.add_argument("--confidence-threshold", type=float, default=0.5)
     p.add_argument("--max-images", type=int, default=0, help="only the first N images (0: all)")
-    p.add_argument("--nms", choices=NMS_TYPES, help="override MODEL.IOU_AWARE.NMS.TYPE")
+    # the registry itself: its names are read when the arguments are parsed
+    p.add_argument("--nms", choices=NMS_REGISTRY, help="override MODEL.IOU_AWARE.NMS.TYPE")
     p.add_argument("--side-by-side", action="store_true", help="reference detections on the left")
     p.add_argument("--compare-config", metavar="FILE", help="config of the reference model")
     p.add_argument("--compare-weights", metavar="FILE", help="weights of the reference model")

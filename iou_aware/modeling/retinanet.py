@@ -157,11 +157,12 @@ class IoUAwareRetinaNet(IoUAwareMixin, RetinaNet):
                 inst.pred_ious = ious[lvl][anchor_idx]
             per_level.append(inst)
         pred = Instances.cat(per_level)
-        keep, out_scores = run_nms(
+        keep, out_scores, out_boxes = run_nms(
             self.nms_cfg, pred.pred_boxes.tensor, pred.scores, pred.pred_classes,
             pred.pred_ious if ious is not None else None,
         )
-        keep, out_scores = keep[: self.max_detections_per_image], out_scores[: self.max_detections_per_image]
-        result = pred[keep]
-        result.scores = out_scores
+        n = self.max_detections_per_image
+        result = pred[keep[:n]]
+        result.scores = out_scores[:n]
+        result.pred_boxes = Boxes(out_boxes[:n])
         return result

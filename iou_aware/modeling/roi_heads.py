@@ -138,11 +138,12 @@ class IoUAwareFastRCNNOutputLayers(IoUAwareMixin, FastRCNNOutputLayers):
         box_ious = None
         if ious is not None:
             box_ious = ious[inds[:, 0], 0] if ious.shape[1] == 1 else ious[mask]
-        keep, out_scores = run_nms(self.nms_cfg, boxes, scores, inds[:, 1], box_ious)
+        keep, out_scores, out_boxes = run_nms(self.nms_cfg, boxes, scores, inds[:, 1], box_ious)
         if self.test_topk_per_image >= 0:
-            keep, out_scores = keep[: self.test_topk_per_image], out_scores[: self.test_topk_per_image]
+            n = self.test_topk_per_image
+            keep, out_scores, out_boxes = keep[:n], out_scores[:n], out_boxes[:n]
         result = Instances(image_shape)
-        result.pred_boxes = Boxes(boxes[keep])
+        result.pred_boxes = Boxes(out_boxes)
         result.scores = out_scores
         result.pred_classes = inds[keep, 1]
         if box_ious is not None:
