@@ -24,6 +24,7 @@ from .classification import (
     task_contrastive_loss,
 )
 from .registry import BOX_LOSSES, build_box_loss
+from .quality import quality_focal_loss, varifocal_loss
 
 __all__ = [
     "smooth_l1_loss",
@@ -44,4 +45,6 @@ __all__ = [
     "iou_kl_loss",
     "BOX_LOSSES",
     "build_box_loss",
+    "quality_focal_loss",
+    "varifocal_loss",
 ]
