@@ -18,10 +18,12 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from torchvision.ops import box_iou
 
-from iou_aware.engine import setup_cfg
+from iou_aware.engine import Trainer, setup_cfg
+from iou_aware.losses import BOX_LOSSES
 from iou_aware.modeling import cls_losses as cls_losses_module
 from iou_aware.modeling import fcos as fcos_module
 from test_modeling import fake_batch, train_steps
+from test_training import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FCOS = "configs/synthetic/fcos_R18_FPN.yaml"
@@ -242,8 +244,24 @@ def test_every_combination_trains_two_steps(config, quality, cls_loss, box_loss,
     assert out.has("pred_ious") == (quality == "iou")
 
 
-@pytest.mark.parametrize("box_loss", ["smooth_l1", "iou", "diou", "ciou", "efficient_iou", "alpha_iou",
-                                      "harmonic_iou", "focal_l1", "iou_balanced_smooth_l1"])
+def test_trainer_trains_and_evaluates_fcos_with_iou_quality(tiny_synthetic_opts, tmp_path):
+    """tools/train_net.py's Trainer: two iterations of IoUAwareFCOS and the final evaluation, whose
+    detections carry the predicted IoU."""
+    cfg = setup_cfg(os.path.join(REPO, "configs/synthetic/fcos_R18_FPN_iou_quality.yaml"), [
+        *tiny_synthetic_opts, "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(tmp_path),
+        "MODEL.FCOS.SCORE_THRESH_TEST", "0.0",  # a 2-iteration model scores below 0.2
+    ])
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    records = read_metrics(tmp_path)
+    losses = [r for r in records if "total_loss" in r]
+    assert losses and {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_iou"} <= losses[-1].keys()
+    evals = [r for r in records if "bbox/AP" in r]
+    assert evals and "pred_iou_pearson" in str(evals[-1])
+
+
+@pytest.mark.parametrize("box_loss", sorted(BOX_LOSSES))
 def test_every_box_loss_is_selectable_on_fcos(box_loss):
     model = build(make_cfg(FCOS, "MODEL.IOU_AWARE.BOX_LOSS", box_loss))
     assert model.box_loss.name == box_loss
