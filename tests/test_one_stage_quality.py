@@ -21,7 +21,6 @@ from torchvision.ops import box_iou
 from iou_aware.engine import Trainer, setup_cfg
 from iou_aware.losses import BOX_LOSSES
 from iou_aware.modeling import cls_losses as cls_losses_module
-from iou_aware.modeling import fcos as fcos_module
 from test_modeling import fake_batch, train_steps
 from test_training import read_metrics
 
