@@ -9,7 +9,7 @@ from detectron2.config import CfgNode as CN
 
 from .nms import NMS_REGISTRY, nms_needs_ious
 
-CLS_LOSSES = ("", "iou_balanced", "harmonic")
+CLS_LOSSES = ("", "iou_balanced", "harmonic", "quality_focal", "varifocal")
 PARAMETERIZATIONS = ("deltas", "corners")
 HARMONIC_DETACH = ("auto", "none", "both")
 
@@ -78,7 +78,91 @@ def add_iou_aware_config(cfg):
     _C.NMS = CN()
     _C.NMS.TYPE = "standard"
     add_registered_keys(_C, NMS_REGISTRY)
+    _add_one_stage_keys(cfg)
     return cfg
+
+
+# --- One-stage quality ranking: IoUAwareFCOS and the joint classification-quality losses ---------
+ONE_STAGE_CLS_LOSSES = ("quality_focal", "varifocal")
+ONE_STAGE_ARCHITECTURES = ("IoUAwareRetinaNet", "IoUAwareFCOS")
+QUALITY_TYPES = ("centerness", "iou", "none")
+QUALITY_LOSSES = ("bce", "kl")
+
+
+def _add_one_stage_keys(cfg):
+    """``MODEL.FCOS`` (what Detectron2's FCOS takes, with its defaults) and the one-stage keys of
+    ``MODEL.IOU_AWARE``."""
+    # IoUAwareFCOS (META_ARCHITECTURE "IoUAwareFCOS"): defaults of detectron2.modeling.meta_arch.fcos
+    # and its model-zoo config (common/models/fcos.py). The backbone is BACKBONE.NAME
+    # "build_fcos_resnet_fpn_backbone" (P6 and P7 from P5); detections per image: TEST.DETECTIONS_PER_IMAGE.
+    _F = cfg.MODEL.FCOS = CN()
+    _F.NUM_CLASSES = 80
+    _F.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    _F.NUM_CONVS = 4  # 3x3 convs of each head tower, with FPN.OUT_CHANNELS channels
+    _F.NORM = "GN"  # norm of the head towers ("" = none)
+    _F.PRIOR_PROB = 0.01  # initial foreground probability of the classifier
+    _F.FOCAL_LOSS_ALPHA = 0.25
+    _F.FOCAL_LOSS_GAMMA = 2.0
+    _F.CENTER_SAMPLING_RADIUS = 1.5  # positives lie within this many strides of a box centre
+    _F.SCORE_THRESH_TEST = 0.2  # on the ranking score (stock: sqrt(cls * centerness))
+    _F.TOPK_CANDIDATES_TEST = 1000  # per level, before NMS
+    _F.NMS_THRESH_TEST = 0.6
+
+    _C = cfg.MODEL.IOU_AWARE
+    # CLS_LOSS of the one-stage detectors (IoUAwareRetinaNet, IoUAwareFCOS), replacing the focal
+    # loss: "quality_focal" (Li et al., GFL) or "varifocal" (Zhang et al., VarifocalNet). The target
+    # of a positive's ground-truth class is the IoU of its decoded box with its ground truth
+    # (detached), 0 elsewhere; the classification score becomes the joint class-quality score.
+    _C.QFL = CN()
+    _C.QFL.BETA = 2.0  # |y - sigma|^beta
+    _C.VFL = CN()
+    _C.VFL.ALPHA = 0.75  # weight of the negatives
+    _C.VFL.GAMMA = 2.0  # p^gamma on the negatives
+    # IoUAwareFCOS's quality branch (one 3x3 conv on the box tower): "centerness" (stock FCOS),
+    # "iou" (the IoU of the decoded box with its ground truth, detached) or "none" (no branch).
+    # Trained on positives with QUALITY_LOSS "bce" (stock) or "kl" (Peng & Yu eq. 31-32, same
+    # gradient); at inference candidates rank by cls^(1-a) * quality^a, a = NMS.FUSION_ALPHA
+    # (stock FCOS: a = 0.5, sqrt(cls * centerness)). With "iou", NMS.TYPE "score_fused" and
+    # "iou_guided" use the predicted IoU.
+    _C.QUALITY = "centerness"
+    _C.QUALITY_LOSS = "bce"
+    _C.QUALITY_LOSS_WEIGHT = 1.0
+
+
+def predicts_iou(cfg) -> bool:
+    """Whether the configured detector predicts the IoU of its boxes (IoU head or FCOS's IoU
+    quality branch)."""
+    c = cfg.MODEL.IOU_AWARE
+    if cfg.MODEL.META_ARCHITECTURE == "IoUAwareFCOS":
+        return c.QUALITY == "iou"
+    return c.IOU_HEAD.ENABLED
+
+
+def _validate_one_stage_keys(cfg):
+    c = cfg.MODEL.IOU_AWARE
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if c.CLS_LOSS in ONE_STAGE_CLS_LOSSES and arch not in ONE_STAGE_ARCHITECTURES:
+        _fail("CLS_LOSS", f"{c.CLS_LOSS!r} is a sigmoid classification loss of the one-stage detectors: "
+              f"set MODEL.META_ARCHITECTURE to one of {', '.join(ONE_STAGE_ARCHITECTURES)} (got {arch!r})")
+    if c.QFL.BETA < 0:
+        _fail("QFL.BETA", f"must be >= 0, got {c.QFL.BETA}")
+    for key in ("ALPHA", "GAMMA"):
+        if c.VFL[key] < 0:
+            _fail(f"VFL.{key}", f"must be >= 0, got {c.VFL[key]}")
+    _choice("QUALITY", c.QUALITY, QUALITY_TYPES)
+    if c.QUALITY != "centerness" and arch != "IoUAwareFCOS":
+        _fail("QUALITY", f"is the quality branch of IoUAwareFCOS: set MODEL.META_ARCHITECTURE "
+              f"'IoUAwareFCOS' (got {arch!r}), or use MODEL.IOU_AWARE.IOU_HEAD")
+    _choice("QUALITY_LOSS", c.QUALITY_LOSS, QUALITY_LOSSES)
+    if c.QUALITY_LOSS_WEIGHT < 0:
+        _fail("QUALITY_LOSS_WEIGHT", f"must be >= 0, got {c.QUALITY_LOSS_WEIGHT}")
+    if arch == "IoUAwareFCOS":
+        if c.IOU_HEAD.ENABLED:
+            _fail("IOU_HEAD.ENABLED", "IoUAwareFCOS predicts the IoU with its quality branch: set "
+                  "MODEL.IOU_AWARE.QUALITY 'iou' instead")
+        if c.BOX_PARAMETERIZATION != "deltas":
+            _fail("BOX_PARAMETERIZATION", "IoUAwareFCOS regresses its own stride-normalized distances "
+                  f"to the box sides: leave it 'deltas' (got {c.BOX_PARAMETERIZATION!r})")
 
 
 def add_registered_keys(node, registry):
@@ -141,6 +225,7 @@ def validate_iou_aware_config(cfg):
     from .losses import BOX_LOSS_REGISTRY
 
     c = cfg.MODEL.IOU_AWARE
+    _validate_one_stage_keys(cfg)
     if c.BOX_LOSS and c.BOX_LOSS not in BOX_LOSS_REGISTRY:
         _fail("BOX_LOSS", f"unknown loss {c.BOX_LOSS!r}; valid names are: '' (stock), "
               + ", ".join(sorted(BOX_LOSS_REGISTRY)))
@@ -167,7 +252,7 @@ def validate_iou_aware_config(cfg):
         _fail("NMS.TYPE", f"unknown NMS type {c.NMS.TYPE!r}; valid names are: "
               + ", ".join(repr(n) for n in sorted(NMS_REGISTRY))
               + " (iou_aware.nms.register_nms adds more; register before building the config)")
-    if nms_needs_ious(c.NMS.TYPE) and not c.IOU_HEAD.ENABLED:
+    if nms_needs_ious(c.NMS.TYPE) and not predicts_iou(cfg):
         _fail("NMS.TYPE", f"{c.NMS.TYPE!r} NMS uses the predicted IoUs: it needs "
-              "MODEL.IOU_AWARE.IOU_HEAD.ENABLED True")
+              "MODEL.IOU_AWARE.IOU_HEAD.ENABLED True (IoUAwareFCOS: MODEL.IOU_AWARE.QUALITY 'iou')")
     validate_registered_keys(c, NMS_REGISTRY)

@@ -14,7 +14,7 @@ from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.engine import defaults as d2_defaults
 from detectron2.utils import comm
 
-from . import modeling  # noqa: F401  (registers IoUAwareRetinaNet and IoUAwareROIHeads)
+from . import modeling  # noqa: F401  (registers IoUAwareRetinaNet, IoUAwareFCOS and IoUAwareROIHeads)
 from .config import add_iou_aware_config
 from .data import register_synthetic_datasets
 

@@ -1,6 +1,6 @@
 """Tests of the classification-side losses: IoU-balanced classification weights (Wu & Li eq. 2),
-Harmonic loss (Wang & Zhang eq. 2-7), Task-Contrastive loss (Wang & Zhang eq. 8) and the IoU-head
-KL loss (Peng & Yu eq. 31-32).
+Harmonic loss (Wang & Zhang eq. 2-7), Task-Contrastive loss (Wang & Zhang eq. 8), the IoU-head
+KL loss (Peng & Yu eq. 31-32), Quality Focal Loss (Li et al.) and Varifocal Loss (Zhang et al. eq. 2).
 
 Expected values are worked out by hand in the comments, never produced by running the code.
 """
@@ -353,3 +353,147 @@ def test_harmonic_extremes_and_dtypes():
     assert harmonic_loss(d, d).dtype == torch.float64
     with pytest.raises(ValueError, match="loc_loss"):
         harmonic_loss(torch.ones(3), torch.ones(2))
+
+
+# --------------------------------------------------------------------------------------------
+# Quality Focal Loss (Li et al., GFL) and Varifocal Loss (Zhang et al., VarifocalNet, eq. 2)
+# --------------------------------------------------------------------------------------------
+from torchvision.ops import sigmoid_focal_loss as tv_sigmoid_focal_loss  # noqa: E402
+
+from iou_aware.losses import quality_focal_loss, varifocal_loss  # noqa: E402
+
+LN2, LN3 = math.log(2.0), math.log(3.0)
+
+
+def test_quality_focal_hand_values():
+    # sigma = sigmoid(x): x = 0 -> 0.5, x = ln 3 -> 0.75, x = -ln 3 -> 0.25; beta = 2
+    x = _t([0.0, LN3, 0.0, -LN3])
+    y = _t([1.0, 0.25, 0.5, 0.0])
+    expected = _t([
+        0.25 * LN2,  # |1 - .5|^2 * -(1 * ln .5)
+        0.25 * (0.75 * math.log(4.0) + 0.25 * math.log(4.0 / 3.0)),  # |.25-.75|^2 * -(.75 ln .25 + .25 ln .75)
+        0.0,  # y == sigma
+        0.0625 * math.log(4.0 / 3.0),  # |0 - .25|^2 * -(ln .75)
+    ])
+    torch.testing.assert_close(quality_focal_loss(x, y), expected)
+    torch.testing.assert_close(quality_focal_loss(x, y, reduction="sum"), expected.sum())
+    torch.testing.assert_close(quality_focal_loss(x, y, reduction="mean"), expected.mean())
+    # beta = 0 is the soft-label binary cross-entropy: x = 0, y = 1 -> ln 2
+    torch.testing.assert_close(quality_focal_loss(_t([0.0]), _t([1.0]), beta=0.0), _t([LN2]))
+
+
+def test_quality_focal_hand_gradient():
+    # d/dx [(y - s)^2 BCE] = -2 (y - s) s (1 - s) BCE + (y - s)^2 (s - y); x = 0, y = 1:
+    # -2 * .5 * .25 * ln 2 + .25 * (-.5) = -0.25 ln 2 - 0.125
+    x = _t([0.0], grad=True)
+    quality_focal_loss(x, _t([1.0])).sum().backward()
+    torch.testing.assert_close(x.grad, _t([-0.25 * LN2 - 0.125]))
+
+
+def test_varifocal_hand_values():
+    # p = sigmoid(x); alpha = 0.75, gamma = 2
+    x = _t([0.0, 0.0, LN3, LN3, LN3])
+    q = _t([0.6, 0.0, 0.25, 0.0, 1.0])
+    expected = _t([
+        0.6 * LN2,  # -.6 (.6 ln .5 + .4 ln .5)
+        0.75 * 0.25 * LN2,  # -.75 * .5^2 * ln .5
+        0.25 * (0.25 * math.log(4.0 / 3.0) + 0.75 * math.log(4.0)),  # -.25 (.25 ln .75 + .75 ln .25)
+        0.75 * 0.5625 * math.log(4.0),  # -.75 * .75^2 * ln .25
+        math.log(4.0 / 3.0),  # -1 * ln .75
+    ])
+    torch.testing.assert_close(varifocal_loss(x, q), expected)
+    # positives: d/dx [q BCE(x, q)] = q (p - q); x = 0, q = 0.6 -> 0.6 * (0.5 - 0.6) = -0.06
+    xg = _t([0.0], grad=True)
+    varifocal_loss(xg, _t([0.6])).sum().backward()
+    torch.testing.assert_close(xg.grad, _t([-0.06]))
+
+
+def test_quality_losses_gradcheck():
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(6, 3, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    y = torch.rand(6, 3, generator=g, dtype=torch.float64)
+    y[0] = 0.0
+    y[1, 0] = 1.0
+    assert torch.autograd.gradcheck(lambda a: quality_focal_loss(a, y), (x,))
+    assert torch.autograd.gradcheck(lambda a: quality_focal_loss(a, y, beta=1.5, reduction="sum"), (x,))
+    assert torch.autograd.gradcheck(lambda a: varifocal_loss(a, y), (x,))
+    assert torch.autograd.gradcheck(lambda a: varifocal_loss(a, y, alpha=0.5, gamma=1.5, reduction="mean"), (x,))
+
+
+def test_quality_focal_is_focal_loss_for_binary_labels():
+    """For y in {0, 1}, QFL is the sigmoid focal loss with gamma = beta and no alpha weighting."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(50, 4, generator=g, dtype=torch.float64) * 4
+    y = (torch.rand(50, 4, generator=g) > 0.7).to(torch.float64)
+    for beta in (2.0, 1.0, 0.0):
+        ref = tv_sigmoid_focal_loss(x, y, alpha=-1, gamma=beta, reduction="none")
+        torch.testing.assert_close(quality_focal_loss(x, y, beta=beta), ref)
+
+
+def test_varifocal_negatives_are_the_focal_loss_term():
+    """q = 0: -alpha p^gamma log(1 - p), the focal loss of a negative whose weight (1 - alpha_FL)
+    is 0.75 (alpha_FL = 0.25), gamma 2."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(40, 5, generator=g, dtype=torch.float64) * 4
+    zeros = torch.zeros_like(x)
+    ref = tv_sigmoid_focal_loss(x, zeros, alpha=0.25, gamma=2.0, reduction="none")
+    torch.testing.assert_close(varifocal_loss(x, zeros), ref)
+    # positives are weighted by their target q, not by the focal term
+    q = torch.full_like(x, 0.7)
+    bce = F.binary_cross_entropy_with_logits(x, q, reduction="none")
+    torch.testing.assert_close(varifocal_loss(x, q), 0.7 * bce)
+
+
+def test_quality_losses_targets_are_detached_and_clamped():
+    x = _t([0.3, -1.0], grad=True)
+    y = _t([0.4, 0.9], grad=True)
+    for fn in (quality_focal_loss, varifocal_loss):
+        fn(x, y).sum().backward()
+        assert y.grad is None
+        # targets outside [0, 1] are clamped
+        torch.testing.assert_close(fn(x.detach(), _t([1.7, -0.2])), fn(x.detach(), _t([1.0, 0.0])))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_quality_losses_low_precision_computed_in_float32(dtype):
+    x = torch.tensor([0.0, 3.0, -3.0, 60000.0 if dtype == torch.float16 else 1e38, -6e4], dtype=dtype)
+    y = torch.tensor([0.5, 1.0, 0.0, 0.3, 0.8], dtype=dtype)
+    for fn in (quality_focal_loss, varifocal_loss):
+        out = fn(x, y)
+        assert out.dtype == torch.float32
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out, fn(x.float(), y.float()))
+
+
+def test_quality_losses_extreme_logits_finite():
+    x = torch.tensor([1e38, -1e38, 1e4, -1e4, 0.0, 88.0, -88.0], requires_grad=True)
+    y = torch.tensor([0.0, 1.0, 0.5, 0.5, 0.5, 1.0, 0.0])
+    for fn in (quality_focal_loss, varifocal_loss):
+        x.grad = None
+        out = fn(x, y)
+        assert torch.isfinite(out).all(), out
+        out.sum().backward()
+        assert torch.isfinite(x.grad).all(), x.grad
+    # a large logit of a negative costs about alpha * x (VFL) and x (QFL, sigma - 0 = 1)
+    torch.testing.assert_close(varifocal_loss(torch.tensor([1e4]), torch.tensor([0.0])), torch.tensor([0.75e4]))
+    torch.testing.assert_close(quality_focal_loss(torch.tensor([1e4]), torch.tensor([0.0])), torch.tensor([1e4]))
+    # exact match of a fractional exponent: the gradient is finite (the loss is 0 there)
+    xm = torch.tensor([0.0], requires_grad=True)
+    quality_focal_loss(xm, torch.tensor([0.5]), beta=0.5).sum().backward()
+    assert torch.isfinite(xm.grad).all()
+
+
+def test_quality_losses_bad_arguments_and_empty():
+    x = torch.zeros(3)
+    for fn in (quality_focal_loss, varifocal_loss):
+        with pytest.raises(ValueError, match="same shape"):
+            fn(x, torch.zeros(4))
+        with pytest.raises(ValueError, match="reduction"):
+            fn(x, x, reduction="avg")
+        assert fn(torch.zeros(0, 2), torch.zeros(0, 2), reduction="mean").item() == 0.0
+    with pytest.raises(ValueError, match="beta"):
+        quality_focal_loss(x, x, beta=-1.0)
+    with pytest.raises(ValueError, match="alpha"):
+        varifocal_loss(x, x, alpha=float("nan"))
+    with pytest.raises(ValueError, match="gamma"):
+        varifocal_loss(x, x, gamma=-0.5)

@@ -192,7 +192,8 @@ def _captured_positives(model, batch, monkeypatch):
         seen.update(cls_pos=cls_pos.detach(), loc=loc.detach(), loc_live=loc, ious=ious)
         return original(c, cls_pos, cls_neg_sum, loc, ious, *args, **kwargs)
 
-    for mod in ("iou_aware.modeling.retinanet", "iou_aware.modeling.roi_heads"):
+    # RetinaNet calls it through cls_losses.dense_cls_and_box_losses
+    for mod in ("iou_aware.modeling.cls_losses", "iou_aware.modeling.roi_heads"):
         monkeypatch.setattr(f"{mod}.combine_cls_and_box_losses", spy)
     torch.manual_seed(3)
     losses = model(batch)

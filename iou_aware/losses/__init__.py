@@ -27,6 +27,7 @@ from .classification import (
 )
 from .registry import BOX_LOSS_REGISTRY, BOX_LOSSES, build_box_loss, register_box_loss
 from .composition import BoxLoss, BoxPairs
+from .quality import quality_focal_loss, varifocal_loss
 
 __all__ = [
     "smooth_l1_loss",
@@ -51,4 +52,6 @@ __all__ = [
     "register_box_loss",
     "BoxLoss",
     "BoxPairs",
+    "quality_focal_loss",
+    "varifocal_loss",
 ]

@@ -1,9 +1,11 @@
-"""Detectron2 integration: importing this package registers ``IoUAwareRetinaNet``
-(META_ARCH_REGISTRY) and ``IoUAwareROIHeads`` (ROI_HEADS_REGISTRY)."""
+"""Detectron2 integration: importing this package registers ``IoUAwareRetinaNet`` and
+``IoUAwareFCOS`` (META_ARCH_REGISTRY), ``build_fcos_resnet_fpn_backbone`` (BACKBONE_REGISTRY) and
+``IoUAwareROIHeads`` (ROI_HEADS_REGISTRY)."""
 
 from .box_regression import BoxRegressionLoss, CornerBoxTransform, build_box_transform
 from .postprocess import NMSConfig, run_nms
 from .retinanet import IoUAwareRetinaNet, IoUAwareRetinaNetHead
+from .fcos import IoUAwareFCOS, IoUAwareFCOSHead, build_fcos_resnet_fpn_backbone
 from .roi_heads import IoUAwareFastRCNNOutputLayers, IoUAwareROIHeads
 
 __all__ = [
@@ -14,6 +16,9 @@ __all__ = [
     "run_nms",
     "IoUAwareRetinaNet",
     "IoUAwareRetinaNetHead",
+    "IoUAwareFCOS",
+    "IoUAwareFCOSHead",
+    "build_fcos_resnet_fpn_backbone",
     "IoUAwareFastRCNNOutputLayers",
     "IoUAwareROIHeads",
 ]

@@ -6,15 +6,17 @@ from .cls_losses import harmonic_detach
 from .postprocess import NMSConfig
 
 
-def iou_aware_from_config(cfg, detector, reg_weights, stock_loss_type, stock_beta, nms_thresh):
+def iou_aware_from_config(cfg, detector, reg_weights, stock_loss_type, stock_beta, nms_thresh,
+                          box2box_transform=None):
     """Validated constructor arguments for ``IoUAwareMixin`` (+ the box transform).
 
-    ``detector`` is "retinanet" or "rcnn"; the other arguments are the detector's own keys
-    (box-regression weights, stock loss type and smooth-L1 beta, NMS threshold).
+    ``detector`` is "retinanet", "fcos" or "rcnn"; the other arguments are the detector's own keys
+    (box-regression weights, stock loss type and smooth-L1 beta, NMS threshold). A detector with a
+    box transform of its own (FCOS's stride-normalized distances) passes it as ``box2box_transform``.
     """
     validate_iou_aware_config(cfg)
     c = cfg.MODEL.IOU_AWARE
-    transform = build_box_transform(cfg, reg_weights)
+    transform = box2box_transform or build_box_transform(cfg, reg_weights)
     return {
         "box2box_transform": transform,
         "box_loss": BoxRegressionLoss.from_config(cfg, transform, stock_loss_type, stock_beta),

@@ -8,20 +8,17 @@ parent class unchanged.
 from typing import List, Tuple
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
-from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
-from fvcore.nn import sigmoid_focal_loss
 from torch import nn
 
 from ..losses import iou_kl_loss
-from .cls_losses import combine_cls_and_box_losses
+from .cls_losses import dense_cls_and_box_losses
 from .common import IoUAwareMixin, iou_aware_from_config
-from .postprocess import run_nms
+from .dense import decode_candidates, nms_detections, positive_box_losses
 
 
 class IoUAwareRetinaNetHead(RetinaNetHead):
@@ -88,7 +85,8 @@ class IoUAwareRetinaNet(IoUAwareMixin, RetinaNet):
         """RetinaNet's losses with the configured box loss, classification loss and IoU head.
 
         Same sampling (anchor labels), focal loss and normalizer (EMA of the positive count) as
-        ``RetinaNet.losses``.
+        ``RetinaNet.losses``; CLS_LOSS "quality_focal" / "varifocal" replace the focal loss over
+        the same (not ignored) anchors.
         """
         num_images = len(gt_labels)
         gt_labels = torch.stack(gt_labels)  # (N, R)
@@ -99,25 +97,10 @@ class IoUAwareRetinaNet(IoUAwareMixin, RetinaNet):
         normalizer = self._ema_update("loss_normalizer", max(num_pos, 1), 100)
 
         logits = cat(pred_logits, dim=1)  # (N, R, K)
-        targets = F.one_hot(gt_labels[valid_mask], num_classes=self.num_classes + 1)[:, :-1]
-        cls_elem = sigmoid_focal_loss(
-            logits[valid_mask], targets.to(logits.dtype),
-            alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma, reduction="none",
-        )
-        cls_per_anchor = cls_elem.sum(dim=1)
-        pos_in_valid = pos_mask[valid_mask]
-        cls_pos = cls_per_anchor[pos_in_valid]
-
-        all_anchors = Boxes.cat(anchors).tensor
-        src = all_anchors.unsqueeze(0).expand(num_images, -1, -1)[pos_mask]
-        loc, ious = self.box_loss(src, cat(pred_deltas, dim=1)[pos_mask], torch.stack(gt_boxes)[pos_mask])
-
-        pos_probs = logits[pos_mask].sigmoid()
-        pos_labels = gt_labels[pos_mask]
-        p_gt = pos_probs.gather(1, pos_labels[:, None]).squeeze(1)
-        losses = combine_cls_and_box_losses(
-            self.iou_aware_cfg, cls_pos, cls_per_anchor[~pos_in_valid].sum(), loc, ious, p_gt,
-            pos_probs, self.harmonic_detach_factors,
+        loc, ious = positive_box_losses(self.box_loss, anchors, pred_deltas, gt_boxes, pos_mask)
+        losses = dense_cls_and_box_losses(
+            self.iou_aware_cfg, logits[valid_mask], gt_labels[valid_mask], loc, ious,
+            self.focal_loss_alpha, self.focal_loss_gamma, self.harmonic_detach_factors,
         )
         if pred_iou_logits is not None:
             iou_logits = cat(pred_iou_logits, dim=1)[pos_mask].squeeze(1)
@@ -144,25 +127,8 @@ class IoUAwareRetinaNet(IoUAwareMixin, RetinaNet):
         """``inference_single_image`` carrying the predicted IoU of each candidate (``pred_ious``)
         and running the configured NMS. Candidates: per level, scores above SCORE_THRESH_TEST, at
         most TOPK_CANDIDATES_TEST, as in stock RetinaNet."""
-        per_level = []
-        for lvl, (anchors_l, scores_l, deltas_l) in enumerate(zip(anchors, scores, deltas)):
-            keep = scores_l > self.test_score_thresh
-            cand_scores = scores_l[keep]
-            idx = torch.nonzero(keep)
-            cand_scores, order = cand_scores.topk(min(len(cand_scores), self.test_topk_candidates))
-            anchor_idx, cls_idx = idx[order].unbind(dim=1)
-            boxes = self.box2box_transform.apply_deltas(deltas_l[anchor_idx], anchors_l.tensor[anchor_idx])
-            inst = Instances(image_size, pred_boxes=Boxes(boxes), scores=cand_scores, pred_classes=cls_idx)
-            if ious is not None:
-                inst.pred_ious = ious[lvl][anchor_idx]
-            per_level.append(inst)
-        pred = Instances.cat(per_level)
-        keep, out_scores, out_boxes = run_nms(
-            self.nms_cfg, pred.pred_boxes.tensor, pred.scores, pred.pred_classes,
-            pred.pred_ious if ious is not None else None,
+        pred = decode_candidates(
+            self.box2box_transform, anchors, scores, deltas, self.test_score_thresh,
+            self.test_topk_candidates, image_size, None if ious is None else {"pred_ious": ious},
         )
-        n = self.max_detections_per_image
-        result = pred[keep[:n]]
-        result.scores = out_scores[:n]
-        result.pred_boxes = Boxes(out_boxes[:n])
-        return result
+        return nms_detections(self.nms_cfg, pred, self.max_detections_per_image)
