@@ -1,0 +1,334 @@
+"""Fault injection: the ways a run could end with exit code 0 and a wrong or misleading result, or
+lose its training, each reproduced on tiny data with the behaviour that replaces it.
+
+* ``MODEL.IOU_AWARE`` keys on a stock model (train_net, demo ``--nms``): an error naming the key
+  and the model setting that would use it;
+* a whole number for a float key is accepted (command line and yaml);
+* ``--eval-only`` without usable weights: an error naming MODEL.WEIGHTS;
+* checkpoints: kill -9 of a training process during and after a checkpoint write, truncated /
+  empty / text checkpoint files, an empty ``last_checkpoint``;
+* the divergence guard (non-finite parameters or predictions, a box loss stuck at exactly 0);
+* the demo's bad arguments, unreadable images and clashing output names;
+* the README's "Train on your own data" command, and each error of ``--dataset``.
+"""
+
+import io
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yacs.config
+from detectron2.config import CfgNode as CN
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import HookBase
+from PIL import Image
+
+from conftest import REPO, load_tool
+from iou_aware import engine
+from iou_aware.checkpoint import CheckpointError, SafeCheckpointer
+from iou_aware.engine import Trainer, setup_cfg
+
+RETINANET = os.path.join(REPO, "configs/synthetic/retinanet_R18_FPN.yaml")
+IOU_AWARE = os.path.join(REPO, "configs/synthetic/retinanet_R18_FPN_iou_aware.yaml")
+RCNN = os.path.join(REPO, "configs/synthetic/faster_rcnn_R18_FPN.yaml")
+NO_TEST = ["DATASETS.TEST", "()"]  # no evaluation after training
+
+
+def env_with_repo():
+    """Subprocesses import this checkout's ``iou_aware`` (not another installed copy)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])}
+
+
+def readable(path):
+    try:
+        torch.load(path, map_location="cpu", weights_only=False)
+        return True
+    except Exception:
+        return False
+
+
+def temp_files(folder):
+    return [f for f in os.listdir(folder) if f.endswith(".tmp")]
+
+
+@pytest.fixture
+def warnings_logged():
+    """Messages of WARNING and above logged to the "detectron2" logger during the test."""
+    records = []
+
+    class Handler(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = Handler(level=logging.WARNING)
+    logging.getLogger("detectron2").addHandler(handler)
+    yield records
+    logging.getLogger("detectron2").removeHandler(handler)
+
+
+@pytest.fixture(scope="module")
+def train_net():
+    return load_tool("train_net")
+
+
+@pytest.fixture(scope="module")
+def demo_tool():
+    return load_tool("demo")
+
+
+@pytest.fixture(scope="module")
+def stock_weights(tmp_path_factory, tiny_synthetic_opts):
+    """``model_final.pth`` of an (untrained) stock RetinaNet of the synthetic config."""
+    folder = tmp_path_factory.mktemp("stock_weights")
+    cfg = setup_cfg(RETINANET, tiny_synthetic_opts)
+    SafeCheckpointer(Trainer.build_model(cfg), save_dir=str(folder)).save("model_final")
+    return str(folder / "model_final.pth")
+
+
+# ----------------------------------------------------------------------- 1. keys a model ignores
+@pytest.mark.parametrize("config, opts, fix", [
+    (RETINANET, ["MODEL.IOU_AWARE.BOX_LOSS", "nonsense"], "MODEL.META_ARCHITECTURE IoUAwareRetinaNet"),
+    (RETINANET, ["MODEL.IOU_AWARE.BOX_LOSS", "giou"], "MODEL.META_ARCHITECTURE IoUAwareRetinaNet"),
+    (RCNN, ["MODEL.IOU_AWARE.NMS.TYPE", "soft"], "MODEL.ROI_HEADS.NAME IoUAwareROIHeads"),
+])
+def test_iou_aware_keys_on_a_stock_model_are_refused(config, opts, fix):
+    with pytest.raises(ValueError) as e:
+        setup_cfg(config, opts)
+    assert f"{opts[0]} {opts[1]!r}" in str(e.value) and fix in str(e.value)
+    # the same keys on the IoU-aware model are fine
+    arch = ["MODEL.META_ARCHITECTURE", "IoUAwareRetinaNet"] if config == RETINANET else [
+        "MODEL.ROI_HEADS.NAME", "IoUAwareROIHeads"]
+    assert setup_cfg(config, [*arch, *opts])
+
+
+def test_keys_are_compared_node_by_node(monkeypatch):
+    """A key no list here knows (as a registry adds them) is compared too."""
+    real = engine.add_iou_aware_config
+
+    def with_new_node(cfg):
+        real(cfg)
+        cfg.MODEL.IOU_AWARE.NEW_NODE = CN({"KEY": 1.0})
+        return cfg
+
+    import iou_aware.config as config_module
+
+    monkeypatch.setattr(config_module, "add_iou_aware_config", with_new_node)
+    monkeypatch.setattr(engine, "add_iou_aware_config", with_new_node)
+    assert setup_cfg(RETINANET, ["MODEL.IOU_AWARE.NEW_NODE.KEY", "1.0"])  # the default: fine
+    with pytest.raises(ValueError, match=r"MODEL\.IOU_AWARE\.NEW_NODE\.KEY 2\.0"):
+        setup_cfg(RETINANET, ["MODEL.IOU_AWARE.NEW_NODE.KEY", "2.0"])
+
+
+def test_train_net_and_demo_refuse_keys_of_a_stock_model(train_net, demo_tool, capsys, tmp_path):
+    args = train_net.get_parser().parse_args(
+        ["--config-file", RETINANET, "MODEL.IOU_AWARE.BOX_LOSS", "giou", "OUTPUT_DIR", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        train_net.main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "MODEL.IOU_AWARE.BOX_LOSS 'giou'" in err and "IoUAwareRetinaNet" in err
+
+    rc = demo_tool.main(["--config-file", RETINANET, "--input", str(tmp_path), "--output", str(tmp_path / "o"),
+                         "--nms", "iou_guided"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "MODEL.IOU_AWARE.NMS.TYPE 'iou_guided'" in err and "IoUAwareRetinaNet" in err
+
+
+# ------------------------------------------------------------------ 7. whole numbers, float keys
+def test_whole_number_for_a_float_key(tmp_path):
+    cfg = setup_cfg(IOU_AWARE, ["MODEL.IOU_AWARE.HIOU.GAMMA", "1", "SOLVER.BASE_LR", "1"])
+    assert cfg.MODEL.IOU_AWARE.HIOU.GAMMA == 1.0 and type(cfg.MODEL.IOU_AWARE.HIOU.GAMMA) is float
+    assert type(cfg.SOLVER.BASE_LR) is float
+    yaml_file = tmp_path / "gamma.yaml"
+    yaml_file.write_text(f"_BASE_: {IOU_AWARE}\nMODEL:\n  IOU_AWARE:\n    FOCAL_EIOU:\n      GAMMA: 1\n"
+                         "SOLVER:\n  BASE_LR: 1\n")
+    cfg = setup_cfg(str(yaml_file))
+    assert cfg.MODEL.IOU_AWARE.FOCAL_EIOU.GAMMA == 1.0 and type(cfg.MODEL.IOU_AWARE.FOCAL_EIOU.GAMMA) is float
+    with pytest.raises(ValueError, match="Type mismatch"):  # an integer key still refuses a fraction
+        setup_cfg(IOU_AWARE, ["SOLVER.MAX_ITER", "2.5"])
+    assert yacs.config._check_and_coerce_cfg_value_type is engine._YACS_COERCE  # restored
+
+
+# ------------------------------------------------------------------------ 3. --eval-only weights
+def test_eval_only_needs_trained_weights(train_net, capsys, tmp_path, tiny_synthetic_opts, stock_weights):
+    def eval_only(config, *opts):
+        args = train_net.get_parser().parse_args(
+            ["--config-file", config, "--eval-only", *tiny_synthetic_opts, "OUTPUT_DIR", str(tmp_path), *opts])
+        with pytest.raises(SystemExit) as e:
+            train_net.main(args)
+        assert e.value.code == 2
+        return capsys.readouterr().err
+
+    assert "MODEL.WEIGHTS is empty" in eval_only(RETINANET)
+    text = tmp_path / "notes.txt"
+    text.write_text("these are not weights\n")
+    err = eval_only(RETINANET, "MODEL.WEIGHTS", str(text))
+    assert "MODEL.WEIGHTS" in err and str(text) in err
+    # stock weights leave the IoU head uninitialized
+    err = eval_only(IOU_AWARE, "MODEL.WEIGHTS", stock_weights)
+    assert "MODEL.WEIGHTS" in err and "head.iou_pred" in err
+
+
+# --------------------------------------------------------------------- 4. checkpoint files
+def linear_checkpoints(folder, iterations):
+    model = torch.nn.Linear(2, 2)
+    checkpointer = SafeCheckpointer(model, save_dir=str(folder))
+    for it in iterations:
+        with torch.no_grad():
+            model.weight.fill_(it)
+        checkpointer.save(f"model_{it:07d}", iteration=it)
+    return checkpointer
+
+
+def resume(folder, weights=""):
+    """(iteration, weight value) of what ``resume_or_load`` loads into a fresh model."""
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.fill_(-1)
+    extra = SafeCheckpointer(model, save_dir=str(folder)).resume_or_load(weights, resume=True)
+    return extra.get("iteration"), model.weight[0, 0].item()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "text", "missing"])
+def test_resume_skips_an_unreadable_last_checkpoint(tmp_path, warnings_logged, damage):
+    linear_checkpoints(tmp_path, [0, 1, 2])
+    last = tmp_path / "model_0000002.pth"
+    assert (tmp_path / "last_checkpoint").read_text() == last.name
+    data = last.read_bytes()
+    if damage == "missing":
+        last.unlink()
+    else:
+        last.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "text": b"model weights\n"}[damage])
+    assert resume(tmp_path) == (1, 1.0)  # the newest readable one
+    assert any("model_0000002.pth" in m for m in warnings_logged)
+
+
+def test_resume_with_an_empty_last_checkpoint_uses_the_newest_file(tmp_path, warnings_logged):
+    linear_checkpoints(tmp_path, [0, 1])
+    (tmp_path / "last_checkpoint").write_text("")
+    assert resume(tmp_path) == (1, 1.0)
+    assert any("last_checkpoint names no file" in m for m in warnings_logged)
+
+
+def test_resume_without_a_readable_checkpoint_is_an_error(tmp_path):
+    linear_checkpoints(tmp_path, [0, 1])
+    for name in ("model_0000000.pth", "model_0000001.pth"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(CheckpointError, match="no readable checkpoint") as e:
+        resume(tmp_path)
+    assert "model_0000000.pth" in str(e.value) and "model_0000001.pth" in str(e.value)
+
+
+def test_unreadable_model_weights_name_the_file(tmp_path):
+    text = tmp_path / "weights.pth"
+    text.write_text("not a checkpoint")
+    for path in (text, tmp_path / "nope.pth"):
+        with pytest.raises(CheckpointError, match="MODEL.WEIGHTS") as e:
+            resume(tmp_path / "empty_dir", weights=str(path))  # no last_checkpoint: loads MODEL.WEIGHTS
+        assert str(path) in str(e.value)
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    checkpointer = linear_checkpoints(tmp_path, [0])
+    checkpointer.save("model_final", iteration=0)
+    before = (tmp_path / "model_final.pth").read_bytes()
+    real_save = torch.save
+
+    def crash_halfway(obj, f, *args, **kwargs):
+        buf = io.BytesIO()
+        real_save(obj, buf, *args, **kwargs)
+        f.write(buf.getvalue()[:100])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        checkpointer.save("model_final", iteration=1)
+    assert (tmp_path / "model_final.pth").read_bytes() == before
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    assert temp_files(tmp_path) == []
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(tmp_path / "model_final.pth").st_mode & 0o777 == 0o666 & ~mask
+
+
+CHILD = r'''
+import io, os, runpy, signal, sys
+repo, mode = sys.argv[1], sys.argv[2]
+sys.path.insert(0, repo)
+import torch
+
+def die():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if mode.startswith("after_iteration="):  # killed by a hook after the checkpoint of that iteration
+    from detectron2.engine import HookBase
+    from iou_aware import engine
+    k = int(mode.split("=")[1])
+
+    class KillAfter(HookBase):
+        def after_step(self):
+            if self.trainer.iter == k:
+                die()
+
+    build_hooks = engine.Trainer.build_hooks
+    engine.Trainer.build_hooks = lambda self: build_hooks(self) + [KillAfter()]
+elif mode == "during_final_write":  # half of model_final written, then killed
+    real_save, iterations = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and "model" in obj:
+            iterations.append(obj.get("iteration"))
+            if iterations.count(obj.get("iteration")) == 2:  # last iteration: periodic, then final
+                buf = io.BytesIO()
+                real_save(obj, buf, *args, **kwargs)
+                f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+                f.flush()
+                die()
+        return real_save(obj, f, *args, **kwargs)
+
+    torch.save = save
+sys.argv = ["tools/train_net.py", *sys.argv[3:]]
+runpy.run_path(os.path.join(repo, "tools", "train_net.py"), run_name="__main__")
+'''
+
+
+def test_kill_during_and_after_checkpoint_writes(tmp_path, tiny_synthetic_opts):
+    child = tmp_path / "child.py"
+    child.write_text(CHILD)
+    out = tmp_path / "out"
+
+    def run(mode, *extra):
+        return subprocess.run(
+            [sys.executable, str(child), REPO, mode, "--config-file", RETINANET, *extra, *tiny_synthetic_opts,
+             *NO_TEST, "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(out)],
+            cwd=REPO, env=env_with_repo(), capture_output=True, text=True, timeout=600,
+        )
+
+    # killed right after the checkpoint of iteration 0 was written
+    proc = run("after_iteration=0")
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert (out / "last_checkpoint").read_text() == "model_0000000.pth"
+    assert readable(out / "model_0000000.pth") and temp_files(out) == []
+
+    # resumed, then killed halfway through writing model_final.pth (after model_0000002.pth)
+    proc = run("during_final_write", "--resume")
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert re.search(r"Saving checkpoint to \S*model_final\.pth", proc.stdout + proc.stderr)
+    assert readable(out / "model_0000002.pth")
+    assert not (out / "model_final.pth").exists() or readable(out / "model_final.pth")
+    assert readable(out / (out / "last_checkpoint").read_text())
+
+    # resumed again: nothing left to train, and model_final.pth is complete on success
+    proc = run("none", "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
+    assert final["iteration"] == 2
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"
+    assert temp_files(out) == []
