@@ -53,10 +53,25 @@ def _tensors(obj) -> List[torch.Tensor]:
     return []
 
 
+def _norm(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach()
+    low_precision = t.dtype in (torch.float16, torch.bfloat16)
+    return torch.linalg.vector_norm(t, dtype=torch.float32 if low_precision else None).float()
+
+
 def _all_finite(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
-    """A 0-dim bool tensor on the tensors' device (no synchronization)."""
-    flags = [torch.isfinite(t.detach()).all() for t in tensors]
-    return torch.stack(flags).all() if flags else torch.tensor(True)
+    """A 0-dim bool tensor on the tensors' device, False when a norm is not finite: an infinite or
+    NaN value, or values beyond ~1e19 (their squares overflow float32). No synchronization; one
+    norm per tensor is ~100x cheaper on CPU than ``isfinite(t).all()``."""
+    norms = [_norm(t) for t in tensors]
+    return torch.isfinite(torch.stack(norms)).all() if norms else torch.tensor(True)
+
+
+def _what(tensors: Iterable[torch.Tensor]) -> str:
+    """How the tensors (whose norms are not all finite) went wrong."""
+    if any(not bool(torch.isfinite(t.detach()).all()) for t in tensors):
+        return "became infinite or NaN"
+    return "grew beyond 1e19 (their norm overflows)"
 
 
 def unchecked_box_losses(cfg) -> List[str]:
@@ -80,7 +95,7 @@ class DivergenceGuard(HookBase):
         self.zero_box_loss_iters = zero_box_loss_iters
         self.unchecked = set(unchecked_losses)
         self._handles = []
-        self._pending = []  # (head name, finite flag) of the current forward pass
+        self._pending = []  # (head name, finite flag, output) of the current forward pass
         self._losses: Dict[str, float] = {}
         self._streak: Dict[str, int] = {}
 
@@ -116,7 +131,7 @@ class DivergenceGuard(HookBase):
     def _record(self, name):
         def hook(module, inputs, output):
             if module.training:
-                self._pending.append((name, _all_finite(_tensors(output))))
+                self._pending.append((name or "model", _all_finite(_tensors(output)), output))
         return hook
 
     def _check_forward(self, module, inputs, output):
@@ -125,16 +140,17 @@ class DivergenceGuard(HookBase):
             return
         losses = output if isinstance(output, dict) else {}
         loss_names = [k for k, v in losses.items() if isinstance(v, torch.Tensor)]
-        values = [f.float() for _, f in pending] + [losses[k].detach().float().reshape(()) for k in loss_names]
+        values = [f.float() for _, f, _ in pending] + [losses[k].detach().float().reshape(()) for k in loss_names]
         if not values:
             return
         values = torch.stack([v.to(values[0].device) for v in values]).tolist()  # one synchronization
         flags, loss_values = values[: len(pending)], dict(zip(loss_names, values[len(pending):]))
         self._losses = loss_values
         it = self.trainer.iter
-        bad_heads = [name or type(module).__name__ for (name, _), ok in zip(pending, flags) if not ok]
+        bad_heads = [(name, out) for (name, _, out), ok in zip(pending, flags) if not ok]
         if bad_heads:
-            self._fire(f"Predictions of {', '.join(bad_heads)} became infinite or NaN at iteration={it}!\n"
+            what = _what(t for _, out in bad_heads for t in _tensors(out))
+            self._fire(f"Predictions of {', '.join(n for n, _ in bad_heads)} {what} at iteration={it}!\n"
                        f"loss_dict = {loss_values}\n{ADVICE}")
         if not all(math.isfinite(v) for v in loss_values.values()):
             self._fire(f"Loss became infinite or NaN at iteration={it}!\nloss_dict = {loss_values}\n{ADVICE}")
@@ -152,9 +168,10 @@ class DivergenceGuard(HookBase):
         ]
         if bool(_all_finite(t for _, t in named)):
             return
-        bad = [n for n, t in named if not bool(torch.isfinite(t.detach()).all())]
-        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        self._fire(f"Parameters became infinite or NaN at iteration={self.trainer.iter}: {shown}\n{ADVICE}")
+        bad = [(n, t) for n, t in named if not bool(torch.isfinite(_norm(t)))]
+        shown = ", ".join(n for n, _ in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        what = _what(t for _, t in bad)
+        self._fire(f"Parameters {what} at iteration={self.trainer.iter}: {shown}\n{ADVICE}")
 
     def _zero_status(self):
         """{box loss: (exactly 0, positives)} of this iteration on this process."""

@@ -256,47 +256,34 @@ def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
     assert os.stat(tmp_path / "model_final.pth").st_mode & 0o777 == 0o666 & ~mask
 
 
-CHILD = r'''
+CHILD = r"""
 import io, os, runpy, signal, sys
-repo, mode = sys.argv[1], sys.argv[2]
+repo, kill = sys.argv[1], sys.argv[2] == "kill"
 sys.path.insert(0, repo)
 import torch
 
-def die():
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.kill(os.getpid(), signal.SIGKILL)
+real_save, iterations = torch.save, []
 
-if mode.startswith("after_iteration="):  # killed by a hook after the checkpoint of that iteration
-    from detectron2.engine import HookBase
-    from iou_aware import engine
-    k = int(mode.split("=")[1])
 
-    class KillAfter(HookBase):
-        def after_step(self):
-            if self.trainer.iter == k:
-                die()
+def save(obj, f, *args, **kwargs):
+    # After the last iteration Detectron2 writes the periodic checkpoint, then model_final: the
+    # second save of that iteration writes half of model_final, then the process is killed.
+    if kill and isinstance(obj, dict) and "model" in obj:
+        iterations.append(obj.get("iteration"))
+        if iterations.count(obj.get("iteration")) == 2:
+            buf = io.BytesIO()
+            real_save(obj, buf, *args, **kwargs)
+            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            f.flush()
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *args, **kwargs)
 
-    build_hooks = engine.Trainer.build_hooks
-    engine.Trainer.build_hooks = lambda self: build_hooks(self) + [KillAfter()]
-elif mode == "during_final_write":  # half of model_final written, then killed
-    real_save, iterations = torch.save, []
 
-    def save(obj, f, *args, **kwargs):
-        if isinstance(obj, dict) and "model" in obj:
-            iterations.append(obj.get("iteration"))
-            if iterations.count(obj.get("iteration")) == 2:  # last iteration: periodic, then final
-                buf = io.BytesIO()
-                real_save(obj, buf, *args, **kwargs)
-                f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
-                f.flush()
-                die()
-        return real_save(obj, f, *args, **kwargs)
-
-    torch.save = save
+torch.save = save
 sys.argv = ["tools/train_net.py", *sys.argv[3:]]
 runpy.run_path(os.path.join(repo, "tools", "train_net.py"), run_name="__main__")
-'''
+"""
 
 
 def test_kill_during_and_after_checkpoint_writes(tmp_path, tiny_synthetic_opts):
@@ -304,31 +291,124 @@ def test_kill_during_and_after_checkpoint_writes(tmp_path, tiny_synthetic_opts):
     child.write_text(CHILD)
     out = tmp_path / "out"
 
-    def run(mode, *extra):
+    def run(kill, *extra):
         return subprocess.run(
-            [sys.executable, str(child), REPO, mode, "--config-file", RETINANET, *extra, *tiny_synthetic_opts,
-             *NO_TEST, "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(out)],
+            [sys.executable, str(child), REPO, kill, "--config-file", RETINANET, *extra, *tiny_synthetic_opts,
+             *NO_TEST, "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(out)],
             cwd=REPO, env=env_with_repo(), capture_output=True, text=True, timeout=600,
         )
 
-    # killed right after the checkpoint of iteration 0 was written
-    proc = run("after_iteration=0")
-    assert proc.returncode == -9, proc.stderr[-3000:]
-    assert (out / "last_checkpoint").read_text() == "model_0000000.pth"
-    assert readable(out / "model_0000000.pth") and temp_files(out) == []
-
-    # resumed, then killed halfway through writing model_final.pth (after model_0000002.pth)
-    proc = run("during_final_write", "--resume")
+    # kill -9 halfway through writing model_final.pth, after model_0000000/1.pth were written
+    proc = run("kill")
     assert proc.returncode == -9, proc.stderr[-3000:]
     assert re.search(r"Saving checkpoint to \S*model_final\.pth", proc.stdout + proc.stderr)
-    assert readable(out / "model_0000002.pth")
+    assert readable(out / "model_0000000.pth") and readable(out / "model_0000001.pth")
     assert not (out / "model_final.pth").exists() or readable(out / "model_final.pth")
-    assert readable(out / (out / "last_checkpoint").read_text())
+    assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
 
-    # resumed again: nothing left to train, and model_final.pth is complete on success
-    proc = run("none", "--resume")
+    # --resume: no iteration is left to train, and on success model_final.pth is complete
+    proc = run("no-kill", "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
-    assert final["iteration"] == 2
+    assert final["iteration"] == 1
     assert (out / "last_checkpoint").read_text() == "model_final.pth"
     assert temp_files(out) == []
+
+
+# -------------------------------------------------------------------------- 2. divergence guard
+SMALL = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "MODEL.FPN.OUT_CHANNELS", "64",
+         "MODEL.RETINANET.NUM_CONVS", "1", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64"]
+
+
+class Inject(HookBase):
+    """Calls ``fn(model)`` in ``when`` ("before_step" / "after_step") from iteration ``start`` on."""
+
+    def __init__(self, when, start, fn):
+        self.when, self.start, self.fn = when, start, fn
+
+    def _maybe(self, when):
+        if when == self.when and self.trainer.iter >= self.start:
+            with torch.no_grad():
+                self.fn(self.trainer.model)
+
+    def before_step(self):
+        self._maybe("before_step")
+
+    def after_step(self):
+        self._maybe("after_step")
+
+
+def train_until_stopped(config, opts, out, inject=None, max_iter=4):
+    import weakref
+
+    from detectron2.utils.env import seed_all_rng
+
+    cfg = setup_cfg(config, [*opts, *NO_TEST, "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "1",
+                             "OUTPUT_DIR", str(out)])
+    seed_all_rng(cfg.SEED)
+    trainer = Trainer(cfg)
+    if inject is not None:  # first, before the guard
+        inject.trainer = weakref.proxy(trainer)
+        trainer._hooks.insert(0, inject)
+    trainer.resume_or_load(resume=False)
+    with pytest.raises(FloatingPointError) as e:
+        trainer.train()
+    written = sorted(f for f in os.listdir(out) if f.endswith(".pth"))
+    return str(e.value), written
+
+
+def stopped_at(message):
+    return int(re.search(r"iteration=(\d+)", message).group(1))
+
+
+def test_guard_stops_the_diverging_iou_aware_retinanet(tiny_synthetic_opts, tmp_path):
+    """The reported case: Focal-EIoU RetinaNet at SOLVER.BASE_LR 10. Its box loss drops to exactly
+    0 (no box overlaps) while loss_cls and the weights explode, all finite."""
+    message, written = train_until_stopped(
+        IOU_AWARE, [*tiny_synthetic_opts, "SOLVER.BASE_LR", "10.0", "SOLVER.WARMUP_ITERS", "0",
+                    "SOLVER.DIVERGENCE_GUARD.ZERO_BOX_LOSS_ITERS", "2"], tmp_path, max_iter=8)
+    assert "loss_box_reg has been exactly 0 for 2 iterations" in message or "infinite or NaN" in message
+    it = stopped_at(message)
+    assert written == [f"model_{i:07d}.pth" for i in range(it)]  # nothing from the diverged iteration on
+
+
+def test_guard_zero_box_loss_with_positives(tiny_synthetic_opts, tmp_path, warnings_logged):
+    """Every predicted box moved 1000 anchor widths away: Focal-EIoU is exactly 0 (IoU^gamma = 0)."""
+
+    def move_boxes_away(model):
+        model.head.bbox_pred.bias.view(-1, 4)[:, 0] = 1000.0
+
+    message, written = train_until_stopped(
+        IOU_AWARE, [*tiny_synthetic_opts, *SMALL, "SOLVER.DIVERGENCE_GUARD.ZERO_BOX_LOSS_ITERS", "2"], tmp_path,
+        inject=Inject("before_step", 1, move_boxes_away))
+    assert "loss_box_reg has been exactly 0 for 2 iterations (up to iteration=2)" in message
+    assert "SOLVER.DIVERGENCE_GUARD.ZERO_BOX_LOSS_ITERS" in message
+    assert written == ["model_0000000.pth", "model_0000001.pth"]
+    assert any("loss_box_reg is exactly 0 at iteration 1" in m for m in warnings_logged)
+
+
+@pytest.mark.parametrize("config, inject, expected", [
+    # stock RetinaNet: an infinite classification bias -> infinite predictions
+    (RETINANET, Inject("before_step", 1, lambda m: m.head.cls_score.bias.fill_(float("inf"))),
+     "Predictions of head became infinite or NaN at iteration=1"),
+    # stock Faster R-CNN: a parameter becomes NaN in an optimizer step
+    (RCNN, Inject("after_step", 1, lambda m: m.roi_heads.box_predictor.bbox_pred.weight[0, 0].fill_(float("nan"))),
+     "Parameters became infinite or NaN at iteration=1: roi_heads.box_predictor.bbox_pred.weight"),
+], ids=["retinanet-predictions", "faster_rcnn-parameters"])
+def test_guard_non_finite_predictions_and_parameters(tiny_synthetic_opts, tmp_path, config, inject, expected):
+    message, written = train_until_stopped(config, [*tiny_synthetic_opts, *SMALL], tmp_path, inject=inject)
+    assert expected in message
+    assert written == ["model_0000000.pth"]
+
+
+def test_guard_config(tiny_synthetic_opts):
+    from iou_aware.divergence import DivergenceGuard
+
+    with pytest.raises(ValueError, match="SOLVER.DIVERGENCE_GUARD.ZERO_BOX_LOSS_ITERS"):
+        DivergenceGuard(zero_box_loss_iters=-1)
+    # a box loss weighted 0 is 0 by construction: not checked
+    cfg = setup_cfg(IOU_AWARE, [*tiny_synthetic_opts, "MODEL.IOU_AWARE.BOX_LOSS_WEIGHT", "0"])
+    assert "loss_box_reg" in DivergenceGuard.from_config(cfg).unchecked
+    assert DivergenceGuard.from_config(setup_cfg(IOU_AWARE, tiny_synthetic_opts)).unchecked == set()
+    off = setup_cfg(IOU_AWARE, [*tiny_synthetic_opts, "SOLVER.DIVERGENCE_GUARD.ENABLED", "False"])
+    assert not any(isinstance(h, DivergenceGuard) for h in Trainer(off)._hooks)
