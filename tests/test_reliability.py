@@ -412,3 +412,177 @@ def test_guard_config(tiny_synthetic_opts):
     assert DivergenceGuard.from_config(setup_cfg(IOU_AWARE, tiny_synthetic_opts)).unchecked == set()
     off = setup_cfg(IOU_AWARE, [*tiny_synthetic_opts, "SOLVER.DIVERGENCE_GUARD.ENABLED", "False"])
     assert not any(isinstance(h, DivergenceGuard) for h in Trainer(off)._hooks)
+
+
+# --------------------------------------------------------------------------------------- 5. demo
+def shapes_image(path, size=(128, 128), seed=0, boxes=()):
+    """An RGB image with filled rectangles ``boxes`` ([x, y, w, h]) on a noisy background."""
+    rng = np.random.default_rng(seed)
+    img = (rng.random((size[1], size[0], 3)) * 60).astype(np.uint8)
+    for k, (x, y, w, h) in enumerate(boxes):
+        img[int(y):int(y + h), int(x):int(x + w)] = [(200, 60, 60), (60, 200, 60), (60, 60, 200)][k % 3]
+    Image.fromarray(img).save(path)
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--confidence-threshold", "2"), ("--confidence-threshold", "-1"), ("--max-images", "-1"),
+    ("--scale", "0"), ("--output", "a file"),
+])
+def test_demo_rejects_bad_arguments(demo_tool, capsys, tmp_path, stock_weights, option, value):
+    shapes_image(tmp_path / "a.png")
+    args = {"--output": str(tmp_path / "out"), option: value}
+    if option == "--output":
+        args["--output"] = str(tmp_path / "a.png")
+    argv = ["--config-file", RETINANET, "--input", str(tmp_path / "a.png")]
+    for k, v in args.items():
+        argv += [k, v]
+    rc = demo_tool.main([*argv, "--opts", "MODEL.WEIGHTS", stock_weights])
+    err = capsys.readouterr().err
+    assert rc == 2 and option in err, err
+
+
+def test_demo_scale_must_be_auto_or_a_number(demo_tool, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        demo_tool.main(["--config-file", RETINANET, "--input", str(tmp_path), "--output", str(tmp_path),
+                        "--scale", "big"])
+    assert e.value.code == 2 and "--scale" in capsys.readouterr().err
+
+
+def test_demo_skips_unreadable_images_and_names_outputs_uniquely(demo_tool, capsys, tmp_path, stock_weights):
+    images = tmp_path / "images"
+    images.mkdir()
+    shapes_image(images / "a.png", boxes=[(10, 10, 40, 30)])
+    shapes_image(images / "b.png", seed=1)
+    shapes_image(images / "b.jpg", seed=2)
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but then nothing")
+    out = tmp_path / "out"
+    argv = ["--config-file", RETINANET, "--input", str(images), str(images / "a.png"), "--output", str(out),
+            "--confidence-threshold", "0.0", "--opts", "MODEL.WEIGHTS", stock_weights]
+    rc = demo_tool.main(argv)
+    err = capsys.readouterr().err
+    assert rc == 1 and "broken.png" in err
+    with open(out / "detections.json") as f:
+        dets = json.load(f)
+    assert sorted(os.path.basename(p) for p in dets) == ["a.png", "b.jpg", "b.png"]  # a.png given twice: once
+    assert sorted(p for p in os.listdir(out) if p.endswith(".png")) == ["a.png", "b_jpg.png", "b_png.png"]
+    # 128 px inputs are drawn 4x (short side 512 px); the JSON keeps input coordinates
+    assert Image.open(out / "a.png").size == (512, 512)
+    assert all(0 <= v <= 128 for r in dets[str(images / "a.png")] for v in r["bbox_xyxy"])
+
+    rc = demo_tool.main([*argv[:-3], "--scale", "1", "--max-images", "1", "--opts", "MODEL.WEIGHTS", stock_weights])
+    assert rc == 0 and Image.open(out / "a.png").size == (128, 128)
+
+
+# ------------------------------------------------------------------- 8. your own COCO-format data
+CATEGORIES = [{"id": 1, "name": "red"}, {"id": 2, "name": "green"}, {"id": 3, "name": "blue"}]
+
+
+def write_coco(folder, split, n_images, size=(96, 80), categories=CATEGORIES, first_id=0):
+    """``folder/<split>.json`` + ``folder/images/<split>_<i>.png``: 2 boxes per image, written by hand."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in range(n_images):
+        boxes = [[8 + 3 * i, 10, 30, 20], [50, 30 + 2 * i, 24, 34]]
+        name = f"{split}_{i}.png"
+        shapes_image(folder / "images" / name, size=size, seed=i, boxes=boxes)
+        images.append({"id": first_id + i, "file_name": name, "width": size[0], "height": size[1]})
+        for k, b in enumerate(boxes):
+            annotations.append({"id": len(annotations) + 1, "image_id": first_id + i, "bbox": b,
+                                "category_id": categories[(i + k) % len(categories)]["id"],
+                                "area": b[2] * b[3], "iscrowd": 0})
+    data = {"images": images, "annotations": annotations, "categories": categories}
+    (folder / f"{split}.json").write_text(json.dumps(data))
+    return data
+
+
+def spec(folder, name="my_train", split="train"):
+    return f"{name}={folder / f'{split}.json'}:{folder / 'images'}"
+
+
+USE_MY_TRAIN = ['DATASETS.TRAIN', '("my_train",)', "DATASETS.TEST", '("my_train",)',
+                "MODEL.RETINANET.NUM_CLASSES", "3"]
+
+
+def test_coco_files_register_a_dataset(tmp_path):
+    data = write_coco(tmp_path, "train", 3)
+    cfg = setup_cfg(IOU_AWARE, [*USE_MY_TRAIN, "DATASETS.COCO_FILES", f"['{spec(tmp_path)}']"])
+    assert list(cfg.DATASETS.COCO_FILES) == [spec(tmp_path)]
+    dicts = DatasetCatalog.get("my_train")
+    assert len(dicts) == 3
+    first = dicts[0]["annotations"]
+    assert [a["bbox"] for a in first] == [a["bbox"] for a in data["annotations"][:2]]
+    assert [a["category_id"] for a in first] == [0, 1]  # category ids 1, 2 -> classes 0, 1
+    assert MetadataCatalog.get("my_train").thing_classes == ["red", "green", "blue"]
+
+
+def dataset_error(tmp_path, *opts, config=IOU_AWARE, specs=None):
+    with pytest.raises((ValueError, FileNotFoundError)) as e:
+        setup_cfg(config, [*USE_MY_TRAIN, *opts], coco_files=specs or [spec(tmp_path)])
+    return str(e.value)
+
+
+def test_coco_files_errors(tmp_path):
+    assert "train.json" in dataset_error(tmp_path) and "does not exist" in dataset_error(tmp_path)
+    data = write_coco(tmp_path, "train", 3)
+    assert "NAME=JSON:IMAGE_ROOT" in dataset_error(tmp_path, specs=["my_train"])
+    assert "NAME=JSON:IMAGE_ROOT" in dataset_error(tmp_path, specs=[f"my_train={tmp_path / 'train.json'}"])
+    assert "already a registered dataset" in dataset_error(
+        tmp_path, specs=[spec(tmp_path, name="synthetic_shapes_val")])
+
+    err = dataset_error(tmp_path, "MODEL.RETINANET.NUM_CLASSES", "2")
+    assert "3 categories" in err and "set MODEL.RETINANET.NUM_CLASSES 3" in err
+    err = dataset_error(tmp_path, "MODEL.ROI_HEADS.NUM_CLASSES", "2", config=os.path.join(
+        REPO, "configs/synthetic/faster_rcnn_R18_FPN_focal_eiou.yaml"))
+    assert "set MODEL.ROI_HEADS.NUM_CLASSES 3" in err
+
+    def broken(change):
+        bad = json.loads(json.dumps(data))
+        change(bad)
+        (tmp_path / "train.json").write_text(json.dumps(bad))
+        return dataset_error(tmp_path)
+
+    err = broken(lambda d: d["annotations"][1].update(category_id=7))
+    assert "category_id 7" in err and "train_0.png" in err and "train.json" in err
+    err = broken(lambda d: d["annotations"][2].update(bbox=[80, 10, 30, 20]))  # x + w = 110 > 96
+    assert "outside the 96x80 image" in err and "train_1.png" in err
+    err = broken(lambda d: d["images"][2].update(file_name="missing.png"))
+    assert "missing.png" in err and "do not exist under the image folder" in err
+    err = broken(lambda d: d.update(categories=[]))
+    assert "'categories'" in err
+
+    (tmp_path / "train.json").write_text(json.dumps(data))
+    write_coco(tmp_path, "val", 1, categories=CATEGORIES[:2])
+    err = dataset_error(tmp_path, "DATASETS.TEST", '("my_val",)',
+                        specs=[spec(tmp_path), spec(tmp_path, "my_val", "val")])
+    assert "different categories" in err
+
+
+def readme_block(heading):
+    """The ```bash block under ``heading`` in README.md, continuation lines joined."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        text = f.read()
+    section = text.split(f"\n{heading}\n", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return block.replace("\\\n", " ")
+
+
+def test_readme_train_on_your_own_data(tmp_path):
+    data = tmp_path / "my_shapes"
+    write_coco(data, "train", 6)
+    write_coco(data, "val", 2, first_id=100)
+    command = readme_block("## Train on your own data").strip()
+    assert command.startswith("python tools/train_net.py") and "--dataset my_train=" in command
+    command = (command.replace("python ", f"{sys.executable} ", 1).replace("data/my_shapes", str(data))
+               .replace("output/my_shapes", str(tmp_path / "output")))
+    command += (" SOLVER.MAX_ITER 2 SOLVER.IMS_PER_BATCH 2 DATALOADER.NUM_WORKERS 0 TEST.EVAL_PERIOD 0"
+                " MODEL.RETINANET.SCORE_THRESH_TEST 0.0")
+    proc = subprocess.run(["bash", "-c", command], cwd=REPO, env=env_with_repo(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "output" / "metrics.json") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    assert any("loss_box_reg" in r for r in records)  # trained
+    evals = [r for r in records if "bbox/AP" in r]  # and evaluated on my_val
+    assert evals and "bbox/AP50" in evals[-1]
+    assert os.path.isfile(tmp_path / "output" / "inference" / "my_val" / "coco_instances_results.json")
+    assert readable(tmp_path / "output" / "model_final.pth")
