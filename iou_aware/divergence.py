@@ -191,7 +191,10 @@ class DivergenceGuard(HookBase):
         if comm.get_world_size() > 1:  # every process must take the same decision
             per_process = comm.all_gather(per_process[0])
         it = self.trainer.iter
-        for key in set().union(*per_process):
+        present = set().union(*per_process)
+        for key in set(self._streak) - present:  # not measured this iteration: the streak ends
+            self._streak[key] = 0
+        for key in present:
             entries = [s[key] for s in per_process if key in s]
             positives = sum(p for _, p in entries)
             stuck = positives > 0 and all(zero for zero, p in entries if p > 0)
