@@ -2,8 +2,8 @@
 which resumes from the newest checkpoint that can be read, and which names the file it cannot read.
 
 * Every file (``model_*.pth`` and ``last_checkpoint``) is written to a temporary file in the same
-  folder, flushed to disk and renamed over the target: a crash leaves the previous complete file
-  (or none), never a truncated one.
+  folder, flushed to disk and renamed over the target: a crash leaves the file as it was
+  (complete, or absent), never a truncated one.
 * ``resume_or_load(..., resume=True)`` tries the file named by ``last_checkpoint`` first and then
   the other ``*.pth`` files of the folder, newest first; each one that cannot be read is skipped
   with a warning naming it. Temporary files left by a crash are removed.

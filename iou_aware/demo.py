@@ -76,7 +76,8 @@ def output_names(paths: Sequence[str]) -> List[str]:
 def check_demo_args(output_dir: str, confidence_threshold: float, max_images: int, scale):
     """ValueError naming the option (``--confidence-threshold`` ...) of an invalid argument."""
     if not 0.0 <= confidence_threshold <= 1.0:
-        raise ValueError(f"--confidence-threshold must be in [0, 1] (a detection score), got {confidence_threshold}")
+        raise ValueError(
+            f"--confidence-threshold must be in [0, 1] (a detection score), got {confidence_threshold}")
     if max_images < 0:
         raise ValueError(f"--max-images must be >= 0 (0 = all images), got {max_images}")
     if scale != "auto" and not (isinstance(scale, (int, float)) and scale > 0 and math.isfinite(scale)):

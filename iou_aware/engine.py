@@ -75,8 +75,8 @@ class Trainer(DefaultTrainer):
         """Detectron2's training loop; on success ``OUTPUT_DIR/model_final.pth`` is complete.
 
         It is written by the periodic checkpointer after the last iteration. A run killed while
-        writing it leaves only the previous checkpoints (writes are atomic); resuming from the
-        last one has no iteration left to run, so ``model_final.pth`` is written here."""
+        writing it leaves the checkpoints written before it (writes are atomic); resuming from
+        the last of them has no iteration left to run, so ``model_final.pth`` is written here."""
         results = super().train()
         last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else ""
         if os.path.basename(last) != "model_final.pth" or not os.path.isfile(last):
@@ -177,7 +177,8 @@ def setup_cfg(config_file="", opts=(), args=None, coco_files=()):
         if config_file:
             cfg.merge_from_file(config_file)
         cfg.merge_from_list(list(opts))
-    cfg.DATASETS.COCO_FILES = list(cfg.DATASETS.COCO_FILES) + list(coco_files or ())
+    # an entry given twice (the config dumped to OUTPUT_DIR, plus --dataset again) counts once
+    cfg.DATASETS.COCO_FILES = list(dict.fromkeys([*cfg.DATASETS.COCO_FILES, *(coco_files or ())]))
     check_iou_aware_keys_used(cfg)
     if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
         logger.warning("CUDA is not available: MODEL.DEVICE %s -> cpu", cfg.MODEL.DEVICE)
@@ -204,7 +205,8 @@ def load_weights_for_evaluation(model, cfg, resume=False):
         )
     checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
     if checkpointer.not_loaded:
-        source = f"the last checkpoint of {cfg.OUTPUT_DIR!r}" if from_dir else f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r}"
+        source = (f"the last checkpoint of {cfg.OUTPUT_DIR!r}" if from_dir
+                  else f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r}")
         keys = checkpointer.not_loaded
         raise ValueError(
             f"--eval-only: {source} has no weights for {len(keys)} parameters of this model "

@@ -172,6 +172,9 @@ def test_eval_only_needs_trained_weights(train_net, capsys, tmp_path, tiny_synth
     # stock weights leave the IoU head uninitialized
     err = eval_only(IOU_AWARE, "MODEL.WEIGHTS", stock_weights)
     assert "MODEL.WEIGHTS" in err and "head.iou_pred" in err
+    # --resume without MODEL.WEIGHTS: the last checkpoint of OUTPUT_DIR
+    cfg = setup_cfg(RETINANET, [*tiny_synthetic_opts, "OUTPUT_DIR", os.path.dirname(stock_weights)])
+    engine.load_weights_for_evaluation(Trainer.build_model(cfg), cfg, resume=True)
 
 
 # --------------------------------------------------------------------- 4. checkpoint files
@@ -233,7 +236,7 @@ def test_unreadable_model_weights_name_the_file(tmp_path):
         assert str(path) in str(e.value)
 
 
-def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+def test_failed_write_keeps_the_complete_file(tmp_path, monkeypatch):
     checkpointer = linear_checkpoints(tmp_path, [0])
     checkpointer.save("model_final", iteration=0)
     before = (tmp_path / "model_final.pth").read_bytes()
@@ -362,11 +365,11 @@ def stopped_at(message):
 
 
 def test_guard_stops_the_diverging_iou_aware_retinanet(tiny_synthetic_opts, tmp_path):
-    """The reported case: Focal-EIoU RetinaNet at SOLVER.BASE_LR 10. Its box loss drops to exactly
+    """Focal-EIoU RetinaNet at SOLVER.BASE_LR 10. Its box loss drops to exactly
     0 (no box overlaps) while loss_cls and the weights explode, all finite."""
     message, written = train_until_stopped(
         IOU_AWARE, [*tiny_synthetic_opts, "SOLVER.BASE_LR", "10.0", "SOLVER.WARMUP_ITERS", "0",
-                    "SOLVER.DIVERGENCE_GUARD.ZERO_BOX_LOSS_ITERS", "2"], tmp_path, max_iter=8)
+                    "SOLVER.DIVERGENCE_GUARD.ZERO_BOX_LOSS_ITERS", "2"], tmp_path, max_iter=12)
     assert "loss_box_reg has been exactly 0 for 2 iterations" in message or "infinite or NaN" in message
     it = stopped_at(message)
     assert written == [f"model_{i:07d}.pth" for i in range(it)]  # nothing from the diverged iteration on
@@ -469,7 +472,8 @@ def test_demo_skips_unreadable_images_and_names_outputs_uniquely(demo_tool, caps
     assert Image.open(out / "a.png").size == (512, 512)
     assert all(0 <= v <= 128 for r in dets[str(images / "a.png")] for v in r["bbox_xyxy"])
 
-    rc = demo_tool.main([*argv[:-3], "--scale", "1", "--max-images", "1", "--opts", "MODEL.WEIGHTS", stock_weights])
+    rc = demo_tool.main([*argv[:-3], "--scale", "1", "--max-images", "1",
+                         "--opts", "MODEL.WEIGHTS", stock_weights])
     assert rc == 0 and Image.open(out / "a.png").size == (128, 128)
 
 
@@ -505,7 +509,8 @@ USE_MY_TRAIN = ['DATASETS.TRAIN', '("my_train",)', "DATASETS.TEST", '("my_train"
 
 def test_coco_files_register_a_dataset(tmp_path):
     data = write_coco(tmp_path, "train", 3)
-    cfg = setup_cfg(IOU_AWARE, [*USE_MY_TRAIN, "DATASETS.COCO_FILES", f"['{spec(tmp_path)}']"])
+    cfg = setup_cfg(IOU_AWARE, [*USE_MY_TRAIN, "DATASETS.COCO_FILES", f"['{spec(tmp_path)}']"],
+                    coco_files=[spec(tmp_path)])  # the same entry in the config and from --dataset
     assert list(cfg.DATASETS.COCO_FILES) == [spec(tmp_path)]
     dicts = DatasetCatalog.get("my_train")
     assert len(dicts) == 3
