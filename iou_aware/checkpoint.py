@@ -130,6 +130,17 @@ class SafeCheckpointer(DetectionCheckpointer):
             self.not_loaded = list(incompatible.missing_keys) + [k for k, *_ in incompatible.incorrect_shapes]
         return incompatible
 
+    def check_complete(self, source: str):
+        """Raise :class:`CheckpointError` when the last loaded file (``source``, for the message)
+        left parameters of the model without weights: they would run randomly initialized."""
+        keys = self.not_loaded
+        if keys:
+            raise CheckpointError(
+                f"{source} has no weights for {len(keys)} parameters of this model "
+                f"({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}): they would run randomly "
+                "initialized. Use the weights of a model trained with this config"
+            )
+
     def _resume_candidates(self):
         """The file named by ``last_checkpoint``, then the folder's other ``*.pth``, newest first."""
         candidates = []

@@ -21,6 +21,8 @@ from detectron2.engine import DefaultPredictor
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
+from .checkpoint import CheckpointError, SafeCheckpointer
+
 logger = logging.getLogger("detectron2")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -152,11 +154,21 @@ def draw(image_bgr, instances, metadata, scale: float = 1.0):
 
 
 def _predictor(cfg):
+    """``DefaultPredictor`` whose weights are loaded by ``SafeCheckpointer``: ValueError naming
+    MODEL.WEIGHTS when the file cannot be read or leaves parameters without weights."""
+    weights = resolve_weights(cfg)
     cfg = cfg.clone()
     cfg.defrost()
-    cfg.MODEL.WEIGHTS = resolve_weights(cfg)
+    cfg.MODEL.WEIGHTS = ""
     cfg.freeze()
-    return DefaultPredictor(cfg)
+    predictor = DefaultPredictor(cfg)
+    checkpointer = SafeCheckpointer(predictor.model)
+    try:
+        checkpointer.load(weights)
+    except CheckpointError as e:
+        raise CheckpointError(f"MODEL.WEIGHTS: {e}") from e
+    checkpointer.check_complete(f"MODEL.WEIGHTS {weights!r}")
+    return predictor
 
 
 def _titled(image_rgb, title):

@@ -204,12 +204,5 @@ def load_weights_for_evaluation(model, cfg, resume=False):
             "or --resume to use the last checkpoint of OUTPUT_DIR"
         )
     checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
-    if checkpointer.not_loaded:
-        source = (f"the last checkpoint of {cfg.OUTPUT_DIR!r}" if from_dir
-                  else f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r}")
-        keys = checkpointer.not_loaded
-        raise ValueError(
-            f"--eval-only: {source} has no weights for {len(keys)} parameters of this model "
-            f"({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}): they would be evaluated as "
-            "randomly initialized. Pass MODEL.WEIGHTS of a model trained with this config"
-        )
+    checkpointer.check_complete(f"--eval-only: the last checkpoint of {cfg.OUTPUT_DIR!r}" if from_dir
+                                else f"--eval-only: MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r}")

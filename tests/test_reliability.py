@@ -444,6 +444,18 @@ def test_demo_rejects_bad_arguments(demo_tool, capsys, tmp_path, stock_weights, 
     assert rc == 2 and option in err, err
 
 
+def test_demo_refuses_unusable_weights(demo_tool, capsys, tmp_path, stock_weights):
+    shapes_image(tmp_path / "a.png")
+    text = tmp_path / "w.pth"
+    text.write_text("not weights")
+    for config, weights, expected in [(RETINANET, str(text), str(text)),  # unreadable
+                                      (IOU_AWARE, stock_weights, "head.iou_pred")]:  # no IoU head weights
+        rc = demo_tool.main(["--config-file", config, "--input", str(tmp_path / "a.png"), "--output",
+                             str(tmp_path / "out"), "--opts", "MODEL.WEIGHTS", weights])
+        err = capsys.readouterr().err
+        assert rc == 2 and "MODEL.WEIGHTS" in err and expected in err, err
+
+
 def test_demo_scale_must_be_auto_or_a_number(demo_tool, capsys, tmp_path):
     with pytest.raises(SystemExit) as e:
         demo_tool.main(["--config-file", RETINANET, "--input", str(tmp_path), "--output", str(tmp_path),
