@@ -88,8 +88,10 @@ def read_coco_file(spec: str, json_file: str, image_root: str) -> Dict:
     sizes, missing = {}, []
     for img in images:
         fields = {k: img.get(k) for k in ("id", "file_name", "width", "height")} if isinstance(img, dict) else {}
-        if any(v is None for v in fields.values()) or not fields:
-            _fail(spec, f"{json_file!r}: image entry {img!r} needs 'id', 'file_name', 'width' and 'height'")
+        if not fields or any(v is None for v in fields.values()) or not all(
+                isinstance(fields[k], (int, float)) for k in ("width", "height")):
+            _fail(spec, f"{json_file!r}: image entry {img!r} needs 'id', 'file_name', 'width' and 'height' "
+                  "(numbers, pixels)")
         if fields["id"] in sizes:
             _fail(spec, f"{json_file!r}: image id {fields['id']!r} appears twice")
         sizes[fields["id"]] = (fields["file_name"], float(fields["width"]), float(fields["height"]))
@@ -117,7 +119,8 @@ def read_coco_file(spec: str, json_file: str, image_root: str) -> Dict:
         if ann.get("category_id") not in known_cats:
             bad_cat.append(f"{where}: category_id {ann.get('category_id')!r}")
         box = ann.get("bbox")
-        if not (isinstance(box, (list, tuple)) and len(box) == 4):
+        if not (isinstance(box, (list, tuple)) and len(box) == 4
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
             bad_box.append(f"{where}: bbox {box!r} is not [x, y, width, height]")
             continue
         x, y, w, h = (float(v) for v in box)
