@@ -16,6 +16,7 @@ HARMONIC_DETACH = ("auto", "none", "both")
 
 def add_iou_aware_config(cfg):
     """Add the project's keys (with defaults) to ``cfg`` in place and return it."""
+    add_training_safety_config(cfg)
     # --- The built-in synthetic dataset (iou_aware.data) ----------------------------------------
     # Registered as synthetic_shapes_train / synthetic_shapes_val when DATASETS.TRAIN/TEST name them;
     # generated on first use under ROOT (default: $IOU_AWARE_DATASETS/synthetic_shapes, with
@@ -256,3 +257,87 @@ def validate_iou_aware_config(cfg):
         _fail("NMS.TYPE", f"{c.NMS.TYPE!r} NMS uses the predicted IoUs: it needs "
               "MODEL.IOU_AWARE.IOU_HEAD.ENABLED True (IoUAwareFCOS: MODEL.IOU_AWARE.QUALITY 'iou')")
     validate_registered_keys(c, NMS_REGISTRY)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Keys that apply to every detector (stock ones too), and the check that MODEL.IOU_AWARE is used.
+
+
+def add_training_safety_config(cfg):
+    """Datasets given as COCO-format files, and the divergence guard of ``iou_aware.engine.Trainer``."""
+    # COCO-format datasets given as files: "NAME=JSON:IMAGE_ROOT" strings, each registered under
+    # NAME (iou_aware.data.coco_files; checked when registered). tools/train_net.py's
+    # --dataset NAME=JSON:IMAGE_ROOT appends to this list.
+    cfg.DATASETS.COCO_FILES = []
+    # Divergence guard (iou_aware.divergence.DivergenceGuard, a hook of iou_aware.engine.Trainer):
+    # training stops with FloatingPointError when a loss, a prediction or a parameter is not
+    # finite, or when a box loss (loss_box_reg, loss_rpn_loc) stays exactly 0 while positives exist
+    # (the box branch gets no gradient: e.g. Focal-EIoU's IoU^gamma weight is 0 when no predicted
+    # box overlaps its ground truth). No checkpoint is written once it has fired.
+    cfg.SOLVER.DIVERGENCE_GUARD = CN()
+    cfg.SOLVER.DIVERGENCE_GUARD.ENABLED = True
+    # consecutive iterations with a box loss of exactly 0 and positives present before stopping;
+    # 0 = never stop for that (a box loss whose weight is 0 in the config is never checked)
+    cfg.SOLVER.DIVERGENCE_GUARD.ZERO_BOX_LOSS_ITERS = 5
+    return cfg
+
+
+def _changed_keys(node, default, prefix):
+    """Dotted keys under ``node`` whose value differs from ``default`` (compared node by node)."""
+    changed = []
+    for key in sorted(set(node) | set(default)):
+        full = f"{prefix}.{key}"
+        value, ref = node.get(key), default.get(key)
+        if isinstance(value, CN) and isinstance(ref, CN):
+            changed += _changed_keys(value, ref, full)
+        elif value != ref:
+            changed.append(full)
+    return changed
+
+
+def uses_iou_aware_keys(cfg):
+    """Whether the model of ``cfg`` reads ``MODEL.IOU_AWARE``: its meta-architecture is an IoU-aware
+    detector (``IoUAwareRetinaNet``) or an R-CNN with IoU-aware ROI heads (``IoUAwareROIHeads``).
+    None when the meta-architecture is not registered (the model build reports that)."""
+    from detectron2.modeling import META_ARCH_REGISTRY, ROI_HEADS_REGISTRY, GeneralizedRCNN
+
+    from .modeling import IoUAwareROIHeads
+    from .modeling.common import IoUAwareMixin
+
+    if cfg.MODEL.META_ARCHITECTURE not in META_ARCH_REGISTRY:
+        return None
+    arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    if issubclass(arch, IoUAwareMixin):
+        return True
+    if issubclass(arch, GeneralizedRCNN) and cfg.MODEL.ROI_HEADS.NAME in ROI_HEADS_REGISTRY:
+        return issubclass(ROI_HEADS_REGISTRY.get(cfg.MODEL.ROI_HEADS.NAME), IoUAwareROIHeads)
+    return False
+
+
+def check_iou_aware_keys_used(cfg):
+    """Raise ValueError when ``MODEL.IOU_AWARE`` keys differ from the defaults of
+    :func:`add_iou_aware_config` but the model does not read them (a stock detector would train
+    and run as if they were not given). The message names the keys and the model setting that
+    would use them."""
+    from detectron2.config import get_cfg
+    from detectron2.modeling import GeneralizedRCNN, META_ARCH_REGISTRY, RetinaNet
+
+    default = add_iou_aware_config(get_cfg()).MODEL.IOU_AWARE
+    changed = _changed_keys(cfg.MODEL.IOU_AWARE, default, "MODEL.IOU_AWARE")
+    if not changed or uses_iou_aware_keys(cfg) is not False:
+        return
+    arch = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    retinanet = "MODEL.META_ARCHITECTURE IoUAwareRetinaNet"
+    rcnn = "MODEL.ROI_HEADS.NAME IoUAwareROIHeads"
+    if issubclass(arch, RetinaNet):
+        model, fix = f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r}", retinanet
+    elif issubclass(arch, GeneralizedRCNN):
+        model, fix = f"MODEL.ROI_HEADS.NAME {cfg.MODEL.ROI_HEADS.NAME!r}", rcnn
+    else:
+        model = f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE!r}"
+        fix = f"{retinanet} (RetinaNet) or {rcnn} (Faster R-CNN)"
+    given = ", ".join(f"{k} {_get_key(cfg, k)!r}" for k in changed)
+    raise ValueError(
+        f"{given}: the model does not read MODEL.IOU_AWARE ({model} is not IoU-aware), "
+        f"so it would train and run without them. Set {fix} to use them, or remove them."
+    )

@@ -1,7 +1,9 @@
 """Training glue: the project's ``DefaultTrainer`` subclass and the config set-up it needs.
 
 Kept out of ``tools/train_net.py`` so that tests and other tools can import it; the script itself
-stays Detectron2's own shape.
+stays Detectron2's own shape. The trainer writes its checkpoints atomically and resumes from the
+newest readable one (``iou_aware.checkpoint.SafeCheckpointer``) and stops a diverging training
+(``iou_aware.divergence.DivergenceGuard``, keys ``SOLVER.DIVERGENCE_GUARD.*``), for every detector.
 """
 
 import contextlib
@@ -9,14 +11,18 @@ import logging
 import os
 
 import torch
+import yacs.config
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.engine import defaults as d2_defaults
 from detectron2.utils import comm
 
 from . import modeling  # noqa: F401  (registers IoUAwareRetinaNet, IoUAwareFCOS and IoUAwareROIHeads)
-from .config import add_iou_aware_config
+from .checkpoint import SafeCheckpointer
+from .config import add_iou_aware_config, check_iou_aware_keys_used
 from .data import register_synthetic_datasets
+from .data.coco_files import register_coco_files
+from .divergence import DivergenceGuard
 
 logger = logging.getLogger("detectron2")
 
@@ -36,22 +42,54 @@ _D2_CREATE_DDP_MODEL = d2_defaults.create_ddp_model
 
 
 @contextlib.contextmanager
-def _cpu_safe_ddp():
-    # DefaultTrainer.__init__ calls the module-level create_ddp_model of detectron2.engine.defaults;
-    # swap it for the CPU-safe one only while our trainer is being built.
+def _project_parts():
+    # DefaultTrainer.__init__ calls the module-level create_ddp_model and DetectionCheckpointer of
+    # detectron2.engine.defaults; swap in the CPU-safe DDP wrapper and the SafeCheckpointer only
+    # while our trainer is being built.
+    checkpointer = d2_defaults.DetectionCheckpointer
     d2_defaults.create_ddp_model = create_ddp_model_cpu_safe
+    d2_defaults.DetectionCheckpointer = SafeCheckpointer
     try:
         yield
     finally:
         d2_defaults.create_ddp_model = _D2_CREATE_DDP_MODEL
+        d2_defaults.DetectionCheckpointer = checkpointer
 
 
 class Trainer(DefaultTrainer):
-    """``DefaultTrainer`` with the IoU-aware evaluator and CPU-safe multi-process training."""
+    """``DefaultTrainer`` with the IoU-aware evaluator, CPU-safe multi-process training, atomic
+    checkpoints (``SafeCheckpointer``) and the divergence guard."""
 
     def __init__(self, cfg):
-        with _cpu_safe_ddp():
+        with _project_parts():
             super().__init__(cfg)
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        if self.cfg.SOLVER.DIVERGENCE_GUARD.ENABLED:
+            # first: its after_step runs before the periodic checkpointer's of the same iteration
+            hooks.insert(0, DivergenceGuard.from_config(self.cfg))
+        return hooks
+
+    def train(self):
+        """Detectron2's training loop; on success ``OUTPUT_DIR/model_final.pth`` is complete.
+
+        It is written by the periodic checkpointer after the last iteration. A run killed while
+        writing it leaves the checkpoints written before it (writes are atomic); resuming from
+        the last of them has no iteration left to run, so ``model_final.pth`` is written here."""
+        results = super().train()
+        last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else ""
+        if os.path.basename(last) != "model_final.pth" or not os.path.isfile(last):
+            done = self.max_iter - 1 if self.start_iter < self.max_iter else self.start_iter - 1
+            self.checkpointer.save("model_final", iteration=done)
+        return results
+
+    def run_step(self):
+        try:
+            super().run_step()
+        except Exception as e:  # e.g. Detectron2's FloatingPointError: keep the model off disk
+            self.checkpointer.block_saves(f"training failed at iteration {self.iter} ({type(e).__name__})")
+            raise
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -62,9 +100,22 @@ class Trainer(DefaultTrainer):
         return IoUAwareCOCOEvaluator(dataset_name, output_dir=output_folder)
 
 
+def num_classes_key(cfg):
+    """``(key, value)`` of the number of classes the config's model predicts."""
+    from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
+
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch in META_ARCH_REGISTRY and issubclass(META_ARCH_REGISTRY.get(arch), RetinaNet):
+        return "MODEL.RETINANET.NUM_CLASSES", cfg.MODEL.RETINANET.NUM_CLASSES
+    return "MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES
+
+
 def register_datasets_from_cfg(cfg):
-    """Register the built-in synthetic dataset (``synthetic_shapes_*``) when the config uses it."""
+    """Register the datasets of ``DATASETS.COCO_FILES`` (checked), and the built-in synthetic
+    dataset (``synthetic_shapes_*``) when the config uses it."""
     names = tuple(cfg.DATASETS.TRAIN) + tuple(cfg.DATASETS.TEST)
+    if cfg.DATASETS.COCO_FILES:
+        register_coco_files(cfg.DATASETS.COCO_FILES, used=names, num_classes=num_classes_key(cfg))
     if any(n.startswith("synthetic_shapes_") for n in names):
         s = cfg.DATASETS.SYNTHETIC
         register_synthetic_datasets(
@@ -76,17 +127,44 @@ def register_datasets_from_cfg(cfg):
         )
 
 
-def setup_cfg(config_file="", opts=(), args=None):
+_YACS_COERCE = yacs.config._check_and_coerce_cfg_value_type
+
+
+def _coerce_int_to_float(replacement, original, key, full_key):
+    if type(original) is float and type(replacement) is int:
+        return float(replacement)
+    return _YACS_COERCE(replacement, original, key, full_key)
+
+
+@contextlib.contextmanager
+def _whole_numbers_for_float_keys():
+    # yacs rejects `GAMMA 5` for a float key ("Type mismatch (<class 'float'> vs. <class 'int'>)");
+    # accept it (command line and yaml files) while our configs are merged.
+    yacs.config._check_and_coerce_cfg_value_type = _coerce_int_to_float
+    try:
+        yield
+    finally:
+        yacs.config._check_and_coerce_cfg_value_type = _YACS_COERCE
+
+
+def setup_cfg(config_file="", opts=(), args=None, coco_files=()):
     """Build a frozen config: Detectron2's defaults + ``add_iou_aware_config`` + file + opts.
 
+    A whole number is accepted for a float key (``MODEL.IOU_AWARE.HIOU.GAMMA 1``). ``coco_files``
+    (``--dataset NAME=JSON:IMAGE_ROOT``) are appended to ``DATASETS.COCO_FILES``. Raises
+    ValueError when ``MODEL.IOU_AWARE`` keys are set for a model that does not use them.
     With ``args`` (from ``default_argument_parser``) it also runs Detectron2's ``default_setup``
     (logger, OUTPUT_DIR, config dump, seed). Datasets named by the config are registered.
     """
     cfg = get_cfg()
     add_iou_aware_config(cfg)
-    if config_file:
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    with _whole_numbers_for_float_keys():
+        if config_file:
+            cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(opts))
+    # an entry given twice (the config dumped to OUTPUT_DIR, plus --dataset again) counts once
+    cfg.DATASETS.COCO_FILES = list(dict.fromkeys([*cfg.DATASETS.COCO_FILES, *(coco_files or ())]))
+    check_iou_aware_keys_used(cfg)
     if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
         logger.warning("CUDA is not available: MODEL.DEVICE %s -> cpu", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
@@ -95,3 +173,21 @@ def setup_cfg(config_file="", opts=(), args=None):
         default_setup(cfg, args)
     register_datasets_from_cfg(cfg)
     return cfg
+
+
+def load_weights_for_evaluation(model, cfg, resume=False):
+    """Load trained weights into ``model`` for ``--eval-only``: ``MODEL.WEIGHTS``, or with
+    ``resume`` the newest readable checkpoint of ``OUTPUT_DIR``. Raises ValueError naming
+    MODEL.WEIGHTS when there are none, or when they leave parameters of the model uninitialized
+    (a randomly initialized model would be evaluated)."""
+    checkpointer = SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    from_dir = resume and checkpointer.has_checkpoint()
+    if not cfg.MODEL.WEIGHTS and not from_dir:
+        raise ValueError(
+            "--eval-only: MODEL.WEIGHTS is empty, so a randomly initialized model would be evaluated. "
+            f"Pass MODEL.WEIGHTS <trained model>.pth (e.g. {os.path.join(cfg.OUTPUT_DIR, 'model_final.pth')}), "
+            "or --resume to use the last checkpoint of OUTPUT_DIR"
+        )
+    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+    checkpointer.check_complete(f"--eval-only: the last checkpoint of {cfg.OUTPUT_DIR!r}" if from_dir
+                                else f"--eval-only: MODEL.WEIGHTS {cfg.MODEL.WEIGHTS!r}")

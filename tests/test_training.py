@@ -130,6 +130,7 @@ def test_demo_nms_override_and_side_by_side(repo_root, tiny_synthetic_opts, tmp_
     proc = run_script(
         repo_root, "tools/demo.py", "--config-file", IOU_AWARE_CONFIG, "--input", images, "--output", str(out),
         "--max-images", "2", "--confidence-threshold", "0.0", "--nms", "score_fused", "--side-by-side",
+        "--scale", "1",  # panels at the input's size
         "--opts", *tiny_synthetic_opts, "MODEL.WEIGHTS", str(tmp_path / "run" / "model_final.pth"),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

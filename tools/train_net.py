@@ -7,37 +7,65 @@ Detectron2's own ``tools/train_net.py`` with the project's config hook added:
     python tools/train_net.py --num-gpus 8 --config-file configs/COCO-Detection/<config>.yaml
     python tools/train_net.py --config-file <cfg> --eval-only MODEL.WEIGHTS <output>/model_final.pth
     python tools/train_net.py --config-file <cfg> --resume          # continue from last_checkpoint
+    python tools/train_net.py --config-file <cfg> --dataset my_train=train.json:images \\
+        DATASETS.TRAIN '("my_train",)' ...                         # a COCO-format dataset of your own
 
 On a machine without a GPU ``--num-gpus N`` starts N CPU processes (gloo backend).
+``--dataset NAME=JSON:IMAGE_ROOT`` (repeatable) registers a COCO-format json and its image folder
+under NAME (the command-line form of DATASETS.COCO_FILES). Configuration and checkpoint errors end
+with ``error: ...`` and exit code 2.
 """
 
-from detectron2.checkpoint import DetectionCheckpointer
+import contextlib
+import sys
+
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from iou_aware.engine import Trainer, setup_cfg
+from iou_aware.engine import Trainer, load_weights_for_evaluation, setup_cfg
+
+
+def get_parser():
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--dataset", action="append", default=[], metavar="NAME=JSON:IMAGE_ROOT",
+        help="register a COCO-format json and its image folder as dataset NAME (repeatable); "
+             "use NAME in DATASETS.TRAIN / DATASETS.TEST",
+    )
+    return parser
+
+
+@contextlib.contextmanager
+def clean_errors():
+    """Config, dataset and checkpoint errors: ``error: <message>`` and exit code 2."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main(args):
-    cfg = setup_cfg(args.config_file, args.opts, args=args)
+    with clean_errors():
+        cfg = setup_cfg(args.config_file, args.opts, args=args, coco_files=args.dataset)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        with clean_errors():
+            load_weights_for_evaluation(model, cfg, resume=args.resume)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
         return res
 
     trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
+    with clean_errors():
+        trainer.resume_or_load(resume=args.resume)
     return trainer.train()
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = get_parser().parse_args()
     print("Command Line Args:", args)
     launch(
         main,
