@@ -8,15 +8,17 @@ Detectron2's own ``tools/train_net.py`` with the project's config hook added:
     python tools/train_net.py --config-file <cfg> --eval-only MODEL.WEIGHTS <output>/model_final.pth
     python tools/train_net.py --config-file <cfg> --resume          # continue from last_checkpoint
 
-On a machine without a GPU ``--num-gpus N`` starts N CPU processes (gloo backend).
+On a machine without a GPU ``--num-gpus N`` starts N CPU processes (gloo backend). With more
+processes than GPUs, ``IOU_AWARE_SHARE_GPUS=1`` lets them share the GPUs over gloo (a test of the
+distributed path; ``iou_aware.engine.launch``).
 """
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from iou_aware.engine import Trainer, setup_cfg
+from iou_aware.engine import Trainer, launch, setup_cfg
 
 
 def main(args):
