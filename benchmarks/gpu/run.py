@@ -152,14 +152,14 @@ def main(argv=None) -> int:
     os.makedirs(args.outdir, exist_ok=True)
     started = time.perf_counter()
     scratch = tempfile.mkdtemp(prefix="iou_aware_gpu_run_")
-    results = []
+    results, stopped_by = [], None
     try:
         for step in STEPS:
             if step.name not in args.steps:
                 continue
-            if results and results[-1]["stop"]:
+            if stopped_by:
                 results.append(dict(step=step.name, status="not run", seconds=0.0, cpu_s=0.0, budget_s=0, rc="-",
-                                    figures=f"stopped: step {results[-1]['step']} failed", details=""))
+                                    figures=f"stopped: step {stopped_by} failed", details=""))
                 continue
             print(f"[gpu-run] step {step.name}: {step.title} ...", flush=True)
             r = run_step(step, args, scratch)
@@ -168,6 +168,7 @@ def main(argv=None) -> int:
             if r["status"] != "pass":
                 print(r["log"][-3000:], flush=True)
             results.append(r)
+            stopped_by = step.name if r["stop"] else None
             write_outputs(args, results, started)  # after every step: a killed run keeps the rest
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
