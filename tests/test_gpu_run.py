@@ -69,7 +69,7 @@ def test_a_failed_import_check_stops_the_run(tmp_path, monkeypatch):
     run = load("run")
     calls = []
 
-    def fake_run_step(step, args, scratch):
+    def fake_run_step(step, args, scratch, budget):
         calls.append(step.name)
         failed = step.name == "tests"
         return {"step": step.name, "status": "fail" if failed else "pass", "figures": "pip package x is missing",
