@@ -36,7 +36,6 @@ import xml.etree.ElementTree as ET
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
-TOOLS = os.path.join(REPO, "tools")  # the benchmark scripts
 COCO = os.path.join(REPO, "configs", "COCO-Detection")
 STOCK = {"RetinaNet": "retinanet_R_50_FPN_1x", "Faster R-CNN": "faster_rcnn_R_50_FPN_1x"}
 METHODS = {
@@ -83,16 +82,14 @@ def md_table(head, rows):
 
 
 def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(TOOLS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The benchmark script ``benchmarks/<name>.py`` as a module."""
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def run_tool(name, argv):
-    """``main`` of a benchmark script in this process (no new Python start-up); 0, or 1 if it
-    raised (traceback printed). ``sys.argv`` is set as well, for scripts whose ``main`` reads it."""
-    print(f"$ {name}.py " + " ".join(argv), flush=True)
+    """``main`` of ``benchmarks/<name>.py`` in this process (no new Python start-up); 0, or 1 if
+    it raised (traceback printed). ``sys.argv`` is set as well, for a ``main`` that reads it."""
+    print(f"$ python benchmarks/{name}.py " + " ".join(argv), flush=True)
     saved = sys.argv
     sys.argv = [f"{name}.py", *argv]
     try:
