@@ -45,8 +45,8 @@ ACCEPTED = {
     "files); the project uses yacs configs",
     ("sal-detectron2", "numpy"): "Detectron2 at a59f0563 uses none of the aliases numpy 2 removed "
     "(np.bool, np.int, np.float, np.object...); its one call whose meaning numpy 2 changed, "
-    "np.array(mask, copy=False) in layers/mask_ops.py, is on the mask path, which box detectors "
-    "never take. The GPU machine's numpy 2 is used as is",
+    "np.array(mask, copy=False) in layers/mask_ops.py, is in paste_mask_in_image_old, a legacy mask "
+    "function that box detection never calls. The GPU machine's numpy 2 is used as is",
 }
 TARGET_ENV = dict(default_environment(), python_version="3.12", python_full_version="3.12.3",
                   implementation_name="cpython", platform_python_implementation="CPython",
