@@ -167,3 +167,11 @@ def test_wheel_check_finds_unmet_and_doubled_requirements(tmp_path, capsys):
 def test_run_sh_usage_errors(argv, tmp_path):
     proc = subprocess.run(["bash", "benchmarks/gpu/run.sh", *argv], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode != 0 and ("usage" in proc.stderr or "needs" in proc.stderr)
+
+
+@pytest.mark.cuda
+def test_cuda_marker_runs_only_where_torch_sees_a_device():
+    """tests/conftest.py skips ``@pytest.mark.cuda`` tests without CUDA; the GPU run selects them."""
+    import torch
+
+    assert torch.cuda.is_available()
