@@ -32,7 +32,7 @@ def read_csv(path):
 
 
 def test_quick_cpu_run_writes_every_file_and_every_step_passes(tmp_path):
-    from iou_aware.losses import BOX_LOSSES
+    from iou_aware.losses import BOX_LOSS_REGISTRY
 
     out = tmp_path / "out"
     proc = subprocess.run(
@@ -52,7 +52,8 @@ def test_quick_cpu_run_writes_every_file_and_every_step_passes(tmp_path):
         assert f"| {name} |" in summary and f"===== step {name}: pass" in (out / "log.txt").read_text()
 
     assert {r["outcome"] for r in read_csv(out / "tests.csv")} == {"skipped"}  # no CUDA here
-    assert {r["loss"] for r in read_csv(out / "losses.csv")} >= set(BOX_LOSSES) | {"tv_giou", "tv_diou", "tv_ciou"}
+    losses = set(BOX_LOSS_REGISTRY.names())
+    assert {r["loss"] for r in read_csv(out / "losses.csv")} >= losses | {"tv_giou", "tv_diou", "tv_ciou"}
     variants = {r["variant"] for r in read_csv(out / "nms.csv")}
     assert {"torchvision.batched_nms", "score_fused_nms", "iou_guided_nms"} <= variants
     training = read_csv(out / "training.csv")
@@ -60,7 +61,7 @@ def test_quick_cpu_run_writes_every_file_and_every_step_passes(tmp_path):
         ("RetinaNet", "stock"), ("Faster R-CNN", "stock"), ("RetinaNet", "smooth_eiou_iouhead_nms_soft")}
     assert all(float(r["train_ratio"]) > 0 and float(r["infer_ratio"]) > 0 for r in training)
     amp = read_csv(out / "amp.csv")
-    assert sorted(r["box_loss"] for r in amp) == sorted(BOX_LOSSES)  # every box loss once (--quick)
+    assert sorted(r["box_loss"] for r in amp) == sorted(losses)  # every box loss once (--quick)
     assert {r["detector"] for r in amp} == {"RetinaNet", "Faster R-CNN"}
     assert all(r["status"] == "pass" and r["losses_finite"] == "True" for r in amp), amp
 

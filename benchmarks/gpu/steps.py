@@ -372,15 +372,15 @@ def step_amp(a):
     import torch
 
     from iou_aware.engine import setup_cfg
-    from iou_aware.losses import BOX_LOSSES
+    from iou_aware.losses import BOX_LOSS_REGISTRY
 
     fixed_batch = load_tool("benchmark_training").fixed_batch
     opts = coco_size_opts(a) + ["MODEL.DEVICE", a.device, "MODEL.WEIGHTS", "", "SOLVER.AMP.ENABLED", "True"]
     detectors = list(STOCK)
     if a.quick:  # every loss once, the detectors alternating
-        combos = [(detectors[i % 2], loss) for i, loss in enumerate(sorted(BOX_LOSSES))]
+        combos = [(detectors[i % 2], loss) for i, loss in enumerate(sorted(BOX_LOSS_REGISTRY.names()))]
     else:
-        combos = [(det, loss) for det in detectors for loss in sorted(BOX_LOSSES)]
+        combos = [(det, loss) for det in detectors for loss in sorted(BOX_LOSS_REGISTRY.names())]
     iters = 1 if a.quick else 4
     rows, batches = [], {}  # one fixed batch per detector: every loss sees the same inputs
     for det, loss in combos:
