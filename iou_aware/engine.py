@@ -12,9 +12,13 @@ import os
 
 import torch
 import yacs.config
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.engine import defaults as d2_defaults
+from detectron2.engine.launch import DEFAULT_TIMEOUT, _find_free_port
+from detectron2.engine.launch import launch as d2_launch
 from detectron2.utils import comm
 
 from . import modeling  # noqa: F401  (registers IoUAwareRetinaNet, IoUAwareFCOS and IoUAwareROIHeads)
@@ -27,14 +31,25 @@ from .divergence import DivergenceGuard
 logger = logging.getLogger("detectron2")
 
 
+def ddp_device_ids(device: torch.device):
+    """``device_ids`` for DistributedDataParallel of a module on ``device``: None on CPU (DDP
+    rejects device ids for a CPU module), else the module's own GPU, which differs from the local
+    rank when processes share GPUs (``launch`` with ``IOU_AWARE_SHARE_GPUS=1``)."""
+    if device.type != "cuda":
+        return None
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
 def create_ddp_model_cpu_safe(model, **kwargs):
-    """Detectron2's ``create_ddp_model`` that also works for multi-process CPU (gloo) training.
+    """Detectron2's ``create_ddp_model`` that also works for multi-process CPU (gloo) training and
+    for processes sharing a GPU.
 
     Detectron2 always passes ``device_ids=[local_rank]``; DistributedDataParallel rejects
-    ``device_ids`` for a CPU module. On CPU we pass ``device_ids=None`` instead.
+    ``device_ids`` for a CPU module, and with shared GPUs the local rank is not the model's GPU.
+    We pass ``ddp_device_ids`` of the model's device instead.
     """
-    if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
-        kwargs.setdefault("device_ids", None)
+    if comm.get_world_size() > 1:
+        kwargs.setdefault("device_ids", ddp_device_ids(next(model.parameters()).device))
     return _D2_CREATE_DDP_MODEL(model, **kwargs)
 
 
@@ -103,11 +118,64 @@ class Trainer(DefaultTrainer):
 def num_classes_key(cfg):
     """``(key, value)`` of the number of classes the config's model predicts."""
     from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
+    from detectron2.modeling.meta_arch.fcos import FCOS
 
     arch = cfg.MODEL.META_ARCHITECTURE
-    if arch in META_ARCH_REGISTRY and issubclass(META_ARCH_REGISTRY.get(arch), RetinaNet):
+    cls = META_ARCH_REGISTRY.get(arch) if arch in META_ARCH_REGISTRY else None
+    if cls is not None and issubclass(cls, RetinaNet):
         return "MODEL.RETINANET.NUM_CLASSES", cfg.MODEL.RETINANET.NUM_CLASSES
+    if cls is not None and issubclass(cls, FCOS):
+        return "MODEL.FCOS.NUM_CLASSES", cfg.MODEL.FCOS.NUM_CLASSES
     return "MODEL.ROI_HEADS.NUM_CLASSES", cfg.MODEL.ROI_HEADS.NUM_CLASSES
+
+
+SHARE_GPUS_ENV = "IOU_AWARE_SHARE_GPUS"
+
+
+def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist_url=None, args=()):
+    """Detectron2's ``launch``, and processes that share GPUs when ``IOU_AWARE_SHARE_GPUS=1``.
+
+    Detectron2 runs one process per GPU over NCCL (which needs a GPU of its own per process) and
+    stops at an assertion when more processes than visible GPUs are asked for. Here that case ends
+    in a clear error, or, with the environment variable ``IOU_AWARE_SHARE_GPUS=1``, the processes
+    run over gloo, process ``r`` on GPU ``r % device_count``: slower, meant to exercise the
+    distributed path (DDP, gathered evaluation) on a machine with fewer GPUs, e.g. two processes
+    on one GPU. Without CUDA, or with enough GPUs, this is Detectron2's ``launch`` unchanged.
+    """
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n_gpus == 0 or num_gpus_per_machine <= n_gpus:
+        return d2_launch(main_func, num_gpus_per_machine, num_machines=num_machines,
+                         machine_rank=machine_rank, dist_url=dist_url, args=args)
+    if os.environ.get(SHARE_GPUS_ENV) != "1":
+        raise SystemExit(
+            f"--num-gpus {num_gpus_per_machine}: only {n_gpus} CUDA device(s) visible, and NCCL needs "
+            f"one GPU per process. Lower --num-gpus to {n_gpus}, or set {SHARE_GPUS_ENV}=1 to run the "
+            "processes on the visible GPUs over gloo (slower; for testing the distributed path)."
+        )
+    if dist_url == "auto":
+        if num_machines != 1:
+            raise SystemExit("--dist-url auto works on one machine only: give tcp://HOST:PORT")
+        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
+    world_size = num_machines * num_gpus_per_machine
+    logger.warning("%d processes share %d GPU(s) over gloo (%s=1)", num_gpus_per_machine, n_gpus,
+                   SHARE_GPUS_ENV)
+    mp.start_processes(
+        _shared_gpu_worker,
+        nprocs=num_gpus_per_machine,
+        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args),
+        daemon=False,
+    )
+
+
+def _shared_gpu_worker(local_rank, main_func, world_size, num_procs, machine_rank, dist_url, args):
+    """Detectron2's ``_distributed_worker`` (detectron2/engine/launch.py) with gloo as the backend
+    and GPU ``local_rank % device_count``."""
+    dist.init_process_group(backend="gloo", init_method=dist_url, world_size=world_size,
+                            rank=machine_rank * num_procs + local_rank, timeout=DEFAULT_TIMEOUT)
+    comm.create_local_process_group(num_procs)
+    torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    comm.synchronize()
+    main_func(*args)
 
 
 def register_datasets_from_cfg(cfg):

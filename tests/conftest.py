@@ -41,3 +41,15 @@ def tiny_synthetic_opts(tmp_path_factory):
         "SOLVER.IMS_PER_BATCH", "2",
         "TEST.EVAL_PERIOD", "0",
     ]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``@pytest.mark.cuda`` are skipped where torch sees no CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

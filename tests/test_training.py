@@ -172,3 +172,47 @@ def test_demo_clear_errors(repo_root, tiny_synthetic_opts, tmp_path):
     )
     assert missing_images.returncode == 2
     assert "No image found at" in missing_images.stderr and "no_such_dir" in missing_images.stderr
+
+
+def test_launch_more_processes_than_gpus(monkeypatch):
+    """--num-gpus above the visible GPUs: a clear error, or with IOU_AWARE_SHARE_GPUS=1 processes
+    that share the GPUs over gloo; with enough GPUs (or none) Detectron2's launch unchanged."""
+    import iou_aware.engine as engine
+
+    calls = []
+    monkeypatch.setattr(engine.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(engine.torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(engine, "d2_launch", lambda *a, **k: calls.append(("d2", a, k)))
+    monkeypatch.setattr(engine.mp, "start_processes", lambda fn, **k: calls.append(("shared", fn, k)))
+    monkeypatch.delenv(engine.SHARE_GPUS_ENV, raising=False)
+
+    def main():
+        pass
+
+    with pytest.raises(SystemExit, match=r"--num-gpus 2: only 1 CUDA device.*IOU_AWARE_SHARE_GPUS=1"):
+        engine.launch(main, 2, dist_url="auto")
+    assert calls == []
+
+    monkeypatch.setenv(engine.SHARE_GPUS_ENV, "1")
+    engine.launch(main, 2, dist_url="auto", args=("x",))
+    kind, fn, kwargs = calls.pop()
+    assert kind == "shared" and fn is engine._shared_gpu_worker and kwargs["nprocs"] == 2
+    main_func, world_size, num_procs, machine_rank, dist_url, args = kwargs["args"]
+    assert (main_func, world_size, num_procs, machine_rank, args) == (main, 2, 2, 0, ("x",))
+    assert dist_url.startswith("tcp://127.0.0.1:") and dist_url != "tcp://127.0.0.1:"
+
+    engine.launch(main, 1, dist_url="auto")  # enough GPUs: Detectron2's launch
+    assert calls.pop()[0] == "d2"
+    monkeypatch.setattr(engine.torch.cuda, "is_available", lambda: False)
+    engine.launch(main, 2, dist_url="auto")  # CPU processes (gloo): Detectron2's launch
+    assert calls.pop()[0] == "d2"
+
+
+def test_ddp_device_ids_follow_the_model():
+    import torch
+
+    from iou_aware.engine import ddp_device_ids
+
+    assert ddp_device_ids(torch.device("cpu")) is None
+    assert ddp_device_ids(torch.device("cuda", 0)) == [0]
+    assert ddp_device_ids(torch.device("cuda", 1)) == [1]  # not the local rank: shared GPUs

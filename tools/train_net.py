@@ -10,7 +10,9 @@ Detectron2's own ``tools/train_net.py`` with the project's config hook added:
     python tools/train_net.py --config-file <cfg> --dataset my_train=train.json:images \\
         DATASETS.TRAIN '("my_train",)' ...                         # a COCO-format dataset of your own
 
-On a machine without a GPU ``--num-gpus N`` starts N CPU processes (gloo backend).
+On a machine without a GPU ``--num-gpus N`` starts N CPU processes (gloo backend). With more
+processes than GPUs, ``IOU_AWARE_SHARE_GPUS=1`` lets them share the GPUs over gloo (a test of the
+distributed path; ``iou_aware.engine.launch``).
 ``--dataset NAME=JSON:IMAGE_ROOT`` (repeatable) registers a COCO-format json and its image folder
 under NAME (the command-line form of DATASETS.COCO_FILES). Configuration and checkpoint errors end
 with ``error: ...`` and exit code 2.
@@ -19,11 +21,11 @@ with ``error: ...`` and exit code 2.
 import contextlib
 import sys
 
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from iou_aware.engine import Trainer, load_weights_for_evaluation, setup_cfg
+from iou_aware.engine import Trainer, launch, load_weights_for_evaluation, setup_cfg
 
 
 def get_parser():
