@@ -16,53 +16,16 @@ which resumes from the newest checkpoint that can be read, and which names the f
 import glob
 import logging
 import os
-import tempfile
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from .atomic import TMP_SUFFIX, atomic_write
+
 logger = logging.getLogger("detectron2")
-
-_TMP_SUFFIX = ".tmp"
-
 
 class CheckpointError(ValueError):
     """A checkpoint file that does not exist or cannot be read."""
-
-
-def atomic_write(path, write, mode="wb"):
-    """Write ``path`` through ``write(file)`` into a temporary file in the same folder, flush it to
-    disk and rename it over ``path`` (atomic on POSIX); the temporary file is removed on error."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=_TMP_SUFFIX)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # the permissions open() would give (mkstemp: 0600)
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 class SafeCheckpointer(DetectionCheckpointer):
@@ -157,7 +120,7 @@ class SafeCheckpointer(DetectionCheckpointer):
     def _remove_incomplete_writes(self):
         if not self.save_to_disk or not self._local_dir():
             return
-        pattern = os.path.join(self.save_dir, ".{}.*" + _TMP_SUFFIX)
+        pattern = os.path.join(self.save_dir, ".{}.*" + TMP_SUFFIX)
         for tmp in glob.glob(pattern.format("*.pth")) + glob.glob(pattern.format("last_checkpoint")):
             logger.warning("Removing %s, left by an interrupted checkpoint write", tmp)
             os.unlink(tmp)

@@ -30,7 +30,6 @@ import logging
 import os
 import shutil
 import tempfile
-import uuid
 import warnings
 from dataclasses import asdict
 from typing import Optional, Tuple
@@ -38,6 +37,7 @@ from typing import Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from ..atomic import atomic_write
 from .shapes import (
     CLASS_NAMES,
     DEFAULT_IMAGE_SIZE,
@@ -117,19 +117,11 @@ def write_json_atomic(path: str, obj, end: str = "", **dump_kwargs) -> None:
     its previous content or the whole new one, never part of it. If writing fails, the temporary
     file is removed and the error raised.
     """
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x") as f:  # a fresh file, with the permissions of a plain open()
-            json.dump(obj, f, **dump_kwargs)
-            f.write(end)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    def write(f):
+        json.dump(obj, f, **dump_kwargs)
+        f.write(end)
+
+    atomic_write(path, write, mode="w")
 
 
 def _encode_rle(mask: np.ndarray) -> dict:
