@@ -7,7 +7,22 @@ import torch
 from detectron2.layers import cat
 from detectron2.structures import Boxes, Instances
 
+from .common import IoUAwareMixin
 from .postprocess import run_nms
+
+
+class DenseIoUAwareMixin(IoUAwareMixin):
+    """The training entry point both dense detectors share: the stock losses when nothing of the
+    loss is changed, else the detector's ``iou_aware_losses`` on its labelled anchors (points)
+    and its transposed predictions (``_dims()``: the channels of each prediction)."""
+
+    def forward_training(self, images, features, predictions, gt_instances):
+        if self.stock_losses:
+            return super().forward_training(images, features, predictions, gt_instances)
+        preds = self._transpose_dense_predictions(predictions, self._dims())
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
+        return self.iou_aware_losses(anchors, gt_labels, gt_boxes, *preds)
 
 
 def positive_box_losses(box_loss, anchors: List[Boxes], pred_deltas: List[torch.Tensor],

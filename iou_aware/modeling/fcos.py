@@ -29,8 +29,8 @@ from detectron2.utils.events import get_event_storage
 
 from ..losses import iou_kl_loss
 from .cls_losses import dense_cls_and_box_losses
-from .common import IoUAwareMixin, iou_aware_from_config
-from .dense import decode_candidates, nms_detections, positive_box_losses
+from .common import iou_aware_from_config
+from .dense import DenseIoUAwareMixin, decode_candidates, nms_detections, positive_box_losses
 
 # Detectron2's FCOS trains its box regression with GIoU and has no smooth-L1 beta; BOX_LOSS
 # "smooth_l1" on its stride-normalized distances defaults to beta 0 (L1), as
@@ -105,7 +105,7 @@ def _check_fcos_keys(f):
 
 
 @META_ARCH_REGISTRY.register()
-class IoUAwareFCOS(IoUAwareMixin, FCOS):
+class IoUAwareFCOS(DenseIoUAwareMixin, FCOS):
     @configurable
     def __init__(self, *, box_loss=None, iou_aware_cfg=None, nms_cfg=None, iou_head=False,
                  iou_head_weight=1.0, harmonic_detach_factors=False, input_format="BGR", **kwargs):
@@ -170,14 +170,6 @@ class IoUAwareFCOS(IoUAwareMixin, FCOS):
         return [self.num_classes, 4] if self.quality == "none" else [self.num_classes, 4, 1]
 
     # ------------------------------------------------------------------------------- training
-    def forward_training(self, images, features, predictions, gt_instances):
-        if self.stock_losses:
-            return super().forward_training(images, features, predictions, gt_instances)
-        preds = self._transpose_dense_predictions(predictions, self._dims())
-        anchors = self.anchor_generator(features)
-        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
-        return self.iou_aware_losses(anchors, gt_labels, gt_boxes, *preds)
-
     def quality_targets(self, anchors, gt_boxes, pos_mask, ious):
         """Targets of the quality branch on the positives: FCOS's centerness (from the ground-truth
         distances, ``FCOS.compute_ctrness_targets``) or the detached IoU of each decoded box."""

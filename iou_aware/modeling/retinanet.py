@@ -17,8 +17,8 @@ from torch import nn
 
 from ..losses import iou_kl_loss
 from .cls_losses import dense_cls_and_box_losses
-from .common import IoUAwareMixin, iou_aware_from_config
-from .dense import decode_candidates, nms_detections, positive_box_losses
+from .common import iou_aware_from_config
+from .dense import DenseIoUAwareMixin, decode_candidates, nms_detections, positive_box_losses
 
 
 class IoUAwareRetinaNetHead(RetinaNetHead):
@@ -44,7 +44,7 @@ class IoUAwareRetinaNetHead(RetinaNetHead):
 
 
 @META_ARCH_REGISTRY.register()
-class IoUAwareRetinaNet(IoUAwareMixin, RetinaNet):
+class IoUAwareRetinaNet(DenseIoUAwareMixin, RetinaNet):
     @configurable
     def __init__(self, *, box_loss=None, iou_aware_cfg=None, nms_cfg=None, iou_head=False,
                  iou_head_weight=1.0, harmonic_detach_factors=False, **kwargs):
@@ -72,14 +72,6 @@ class IoUAwareRetinaNet(IoUAwareMixin, RetinaNet):
     # ------------------------------------------------------------------------------- training
     def _dims(self):
         return [self.num_classes, 4, 1] if self.iou_head else [self.num_classes, 4]
-
-    def forward_training(self, images, features, predictions, gt_instances):
-        if self.stock_losses:
-            return super().forward_training(images, features, predictions, gt_instances)
-        preds = self._transpose_dense_predictions(predictions, self._dims())
-        anchors = self.anchor_generator(features)
-        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
-        return self.iou_aware_losses(anchors, gt_labels, gt_boxes, *preds)
 
     def iou_aware_losses(self, anchors, gt_labels, gt_boxes, pred_logits, pred_deltas, pred_iou_logits=None):
         """RetinaNet's losses with the configured box loss, classification loss and IoU head.
