@@ -245,6 +245,16 @@ def cluster_fixed_point(x: Tensor, candidates: Tensor) -> Tensor:
         kept = new
 
 
+def weighted_mean(num: Tensor, den: Tensor, boxes: Tensor, self_weight: Tensor, at: Tensor) -> Tensor:
+    """``(num + w b) / (den + w)`` (the weighted mean of a box ``b`` of weight ``w`` and the voters
+    summed in ``num`` / ``den``) where ``at`` and the voters' weights sum to a positive value,
+    else ``boxes`` unchanged (so a box without voters keeps its exact coordinates)."""
+    ok = at & (den > 0)
+    num = num + self_weight.unsqueeze(-1) * boxes
+    den = torch.where(ok, den + self_weight, 1.0)
+    return torch.where(ok.unsqueeze(-1), num / den.unsqueeze(-1), boxes)
+
+
 def finish(prep: Prepared, rows: Rows, out: Tensor, scores: Tensor, boxes: Optional[Tensor] = None,
            max_det: Optional[int] = None):
     """Per-row results -> the public return value.

@@ -20,6 +20,7 @@ from ._dense import (
     padded_rows,
     prepare,
     upper,
+    weighted_mean,
 )
 from .diou import check_beta
 from .suppressor import _check_threshold as check_real
@@ -148,11 +149,7 @@ def cluster_nms(
             out_scores = rows.scores * log_decay.exp()
             out = rows.valid
         if weighted:
-            self_w = torch.where(kept, rows.scores, torch.zeros_like(rows.scores))
-            num += self_w.unsqueeze(2) * rows.boxes
-            den += self_w
-            ok = (kept & (den > 0)).unsqueeze(2)
-            out_boxes = torch.where(ok, num / torch.where(den > 0, den, 1.0).unsqueeze(2), rows.boxes)
+            out_boxes = weighted_mean(num, den, rows.boxes, torch.where(kept, rows.scores, 0.0), kept)
     if score_threshold is not None:
         out = out & (out_scores >= score_threshold)
     return finish(prep, rows, out, out_scores, out_boxes, max_det=max_det)

@@ -20,6 +20,7 @@ from ._dense import (
     padded_rows,
     prepare,
     upper,
+    weighted_mean,
 )
 from .suppressor import _check_threshold as check_real
 from .suppressor import batched_nms
@@ -29,14 +30,6 @@ WEIGHT_MODES = ("score_iou", "score")
 
 def _iou_criterion(a: Tensor, b: Tensor) -> Tensor:
     return pair_terms(a, b)[0]
-
-
-def _mean_with_self(num: Tensor, den: Tensor, boxes: Tensor, self_weight: Tensor, at: Tensor) -> Tensor:
-    """``(num + w b) / (den + w)`` where ``at`` and the total weight is positive, else ``boxes``."""
-    num = num + self_weight.unsqueeze(-1) * boxes
-    den = den + self_weight
-    ok = at & (den > 0)
-    return torch.where(ok.unsqueeze(-1), num / torch.where(ok, den, 1.0).unsqueeze(-1), boxes)
 
 
 def weighted_nms(
@@ -89,7 +82,7 @@ def weighted_nms(
         w = torch.where(removed, w, torch.zeros_like(w))
         num.scatter_add_(1, first.unsqueeze(2).expand(-1, -1, 4), w.unsqueeze(2) * rows.boxes[:, cols])
         den.scatter_add_(1, first, w)
-    merged = _mean_with_self(num, den, rows.boxes, torch.where(kept, rows.scores, 0.0), kept)
+    merged = weighted_mean(num, den, rows.boxes, torch.where(kept, rows.scores, 0.0), kept)
     return finish(prep, rows, kept, rows.scores, merged, max_det=max_det)
 
 
@@ -108,7 +101,7 @@ def _voted_boxes(prep: Prepared, keep: Tensor, sigma: float) -> Tensor:
         weight = torch.where(near, p * rows.scores[:, cols].unsqueeze(1), torch.zeros_like(p))
         num += torch.bmm(weight, rows.boxes[:, cols])
         den += weight.sum(2)
-    voted = _mean_with_self(num, den, rows.boxes, torch.zeros_like(den), kept)
+    voted = weighted_mean(num, den, rows.boxes, torch.zeros_like(den), kept)
     full = torch.zeros_like(prep.boxes)
     full[rows.pos[rows.valid]] = voted[rows.valid]
     return full.index_select(0, keep)
