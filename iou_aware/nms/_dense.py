@@ -235,7 +235,8 @@ def cluster_fixed_point(x: Tensor, candidates: Tensor) -> Tensor:
     ``b_j = max_i (E X)_ij`` and keeps ``b_j = 0``; it stops when the kept set no longer changes
     (then ``C = E X`` no longer changes either). The fixed point is the greedy NMS result (shown
     in TCYB 2021); the number of steps is at most the longest chain of suppressions plus one.
-    One host sync per step (the stopping test)."""
+    One host sync per step (the stopping test). The products are of 0/1 values, exact in any
+    matmul precision (TF32 included)."""
     kept = candidates
     while True:
         hit = torch.bmm(kept.to(x.dtype).unsqueeze(1), x).squeeze(1) > 0
@@ -243,6 +244,12 @@ def cluster_fixed_point(x: Tensor, candidates: Tensor) -> Tensor:
         if torch.equal(new, kept):
             return kept
         kept = new
+
+
+def weighted_sum(weights: Tensor, boxes: Tensor) -> Tensor:
+    """``sum_j weights[r, i, j] * boxes[r, j]`` -> (R, P, 4), as elementwise products and sums
+    rather than a matrix product, which TF32 (when enabled on CUDA) would round to 10 bits."""
+    return torch.stack([(weights * boxes[:, :, c].unsqueeze(1)).sum(2) for c in range(4)], 2)
 
 
 def weighted_mean(num: Tensor, den: Tensor, boxes: Tensor, self_weight: Tensor, at: Tensor) -> Tensor:

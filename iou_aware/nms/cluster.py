@@ -21,6 +21,7 @@ from ._dense import (
     prepare,
     upper,
     weighted_mean,
+    weighted_sum,
 )
 from .diou import check_beta
 from .suppressor import _check_threshold as check_real
@@ -127,7 +128,7 @@ def cluster_nms(
 
     out, out_scores, out_boxes = kept, rows.scores, None
     if penalty != "none" or weighted:
-        kept_rows = kept.to(dtype).unsqueeze(1)  # (R, 1, W): E
+        kept_rows = kept.to(dtype).unsqueeze(2)  # (R, W, 1): E
         log_decay = torch.zeros((r, w), dtype=dtype, device=rows.boxes.device)
         num = torch.zeros_like(rows.boxes)
         den = torch.zeros_like(rows.scores)
@@ -139,11 +140,11 @@ def cluster_nms(
                 if penalty == "score_distance":
                     g = (g.exp_() + ratio.pow(distance_beta)).clamp_(max=1.0).log_()
                 g = torch.where(up, g, torch.zeros_like(g))
-                log_decay[:, cols] = torch.bmm(kept_rows, g).squeeze(1)  # sum over kept rows i
+                log_decay[:, cols] = (g * kept_rows).sum(1)  # sum over the kept rows i
             if weighted:
                 vote = up & (iou > weighted_threshold) & kept.unsqueeze(2)
                 wij = torch.where(vote, iou * rows.scores[:, cols].unsqueeze(1), torch.zeros_like(iou))
-                num += torch.bmm(wij, rows.boxes[:, cols])
+                num += weighted_sum(wij, rows.boxes[:, cols])
                 den += wij.sum(2)
         if penalty != "none":
             out_scores = rows.scores * log_decay.exp()

@@ -21,6 +21,7 @@ from ._dense import (
     prepare,
     upper,
     weighted_mean,
+    weighted_sum,
 )
 from .suppressor import _check_threshold as check_real
 from .suppressor import batched_nms
@@ -99,7 +100,7 @@ def _voted_boxes(prep: Prepared, keep: Tensor, sigma: float) -> Tensor:
         p = (1.0 - iou).square_().mul_(-1.0 / sigma).exp_()
         near = (iou > 0) & rows.valid[:, cols].unsqueeze(1) & kept.unsqueeze(2)
         weight = torch.where(near, p * rows.scores[:, cols].unsqueeze(1), torch.zeros_like(p))
-        num += torch.bmm(weight, rows.boxes[:, cols])
+        num += weighted_sum(weight, rows.boxes[:, cols])
         den += weight.sum(2)
     voted = weighted_mean(num, den, rows.boxes, torch.zeros_like(den), kept)
     full = torch.zeros_like(prep.boxes)
