@@ -27,6 +27,9 @@ from .suppressor import _order_by_score as order_by_score
 
 # Pairwise blocks are built in row chunks of about this many elements (bounds the temporaries).
 _CHUNK_ELEMENTS = 1 << 22
+# Rank block of greedy_keep: each settles by a few (R, block, block) iterations, the kept boxes of
+# earlier blocks are tested in one (R, K, block) product.
+_GREEDY_BLOCK = 256
 
 
 def check_finite(**tensors: Tensor) -> None:
@@ -180,6 +183,45 @@ def pair_terms(a: Tensor, b: Tensor, distance: bool = False) -> Tuple[Tensor, Op
     return iou, ratio
 
 
+@dataclass
+class Packed:
+    """The boxes of a mask over a :class:`Rows` layout, packed to the left of a (R, K) block in
+    rank order: ``boxes`` (R, K, 4), ``scores`` and ``valid`` (R, K), ``rank`` (R, K) their column
+    in the layout (``W`` in padding); ``row``, ``col``, ``slot``: for each packed box its row, layout column
+    and packed column."""
+
+    boxes: Tensor
+    scores: Tensor
+    valid: Tensor
+    rank: Tensor
+    row: Tensor
+    col: Tensor
+    slot: Tensor
+
+    def unpack(self, values: Tensor, into: Tensor) -> Tensor:
+        """Copy of ``into`` (R, W, ...) with the packed ``values`` (R, K, ...) at their columns."""
+        out = into.clone()
+        out[self.row, self.col] = values[self.row, self.slot]
+        return out
+
+
+def pack(rows: Rows, mask: Tensor) -> Packed:
+    r, w = rows.pos.shape
+    slot = torch.cumsum(mask, 1) - 1
+    width = max(1, int(mask.sum(1).max()))
+    row, col = torch.nonzero(mask, as_tuple=True)
+    slot = slot[row, col]
+    boxes = rows.boxes.new_zeros((r, width, 4))
+    boxes[row, slot] = rows.boxes[row, col]
+    scores = rows.scores.new_zeros((r, width))
+    scores[row, slot] = rows.scores[row, col]
+    valid = torch.zeros((r, width), dtype=torch.bool, device=mask.device)
+    valid[row, slot] = True
+    rank = torch.full((r, width), w, dtype=torch.int64, device=mask.device)
+    rank[row, slot] = col
+    return Packed(boxes, scores, valid, rank, row, col, slot)
+
+
 def column_chunks(rows: Rows):
     """Slices of the columns (boxes) such that an (R, W, chunk) block stays small."""
     r, w = rows.pos.shape
@@ -203,23 +245,23 @@ def greedy_keep(rows: Rows, criterion: Callable[[Tensor, Tensor], Tensor], thres
     """Greedy NMS of every row at once for a pairwise ``criterion(a, b)`` ((R, P, 4), (R, Q, 4) ->
     (R, P, Q)): a box is kept unless a kept box ranked above it has ``criterion > threshold``.
 
-    The columns are taken in blocks in rank order. The boxes of a block that a kept box of an
-    earlier block suppresses are removed (one batched product), and :func:`cluster_fixed_point`
-    settles the rest of the block among themselves. By induction over the blocks this is the
-    greedy result, with (R, W, block) temporaries instead of (R, W, W); when the whole matrix is
-    small there is one block and this is Cluster-NMS's iteration itself."""
+    The columns are taken in blocks in rank order. The boxes of a block that a box kept in an
+    earlier block suppresses are removed (the kept boxes packed into an (R, K) block, K the most
+    kept in a row so far), and :func:`cluster_fixed_point` settles the rest of the block among
+    themselves. By induction over the blocks this is the greedy result, with (R, K + block, block)
+    temporaries instead of (R, W, W); when the whole matrix is small there is one block and this
+    is Cluster-NMS's iteration itself."""
     r, w = rows.pos.shape
-    block = max(64, _CHUNK_ELEMENTS // max(1, r * w))
+    block = min(_GREEDY_BLOCK, max(16, _CHUNK_ELEMENTS // max(1, r * w)))
     kept = torch.zeros_like(rows.valid)
     dtype = rows.boxes.dtype
     for a0 in range(0, w, block):
         cols = slice(a0, min(w, a0 + block))
         cand = rows.valid[:, cols]
         if a0 > 0:
-            earlier = rows.boxes[:, :a0]
-            hit = criterion(earlier, rows.boxes[:, cols]) > threshold
-            count = torch.bmm(kept[:, :a0].to(dtype).unsqueeze(1), hit.to(dtype)).squeeze(1)
-            cand = cand & (count == 0)
+            earlier = pack(rows, kept)  # kept is still False from column a0 on
+            hit = (criterion(earlier.boxes, rows.boxes[:, cols]) > threshold) & earlier.valid.unsqueeze(2)
+            cand = cand & ~hit.any(1)
         inside = criterion(rows.boxes[:, cols], rows.boxes[:, cols]) > threshold
         x = (inside & upper(rows, cols, rows_slice=cols)).to(dtype)
         kept[:, cols] = cluster_fixed_point(x, cand)

@@ -19,7 +19,7 @@ from ._dense import (
     pair_terms,
     padded_rows,
     prepare,
-    upper,
+    pack,
     weighted_mean,
     weighted_sum,
 )
@@ -70,11 +70,14 @@ def weighted_nms(
         return empty_like_result(prep, True, boxes.device)
     rows = padded_rows(prep)
     kept = greedy_keep(rows, _iou_criterion, iou_threshold)
-    num = torch.zeros_like(rows.boxes)
-    den = torch.zeros_like(rows.scores)
+    packed = pack(rows, kept)  # the kept boxes, in rank order
+    num = packed.boxes.new_zeros(packed.boxes.shape)
+    den = packed.boxes.new_zeros(packed.valid.shape)
     for cols in column_chunks(rows):
-        iou, _ = pair_terms(rows.boxes, rows.boxes[:, cols])
-        by_kept = (iou > iou_threshold) & upper(rows, cols) & kept.unsqueeze(2)  # (R, W, Q)
+        iou, _ = pair_terms(packed.boxes, rows.boxes[:, cols])
+        j = torch.arange(cols.start, cols.stop, device=iou.device).view(1, 1, -1)
+        above = (packed.rank.unsqueeze(2) < j) & rows.valid[:, cols].unsqueeze(1)
+        by_kept = (iou > iou_threshold) & above & packed.valid.unsqueeze(2)  # (R, K, Q)
         removed = by_kept.any(1)
         first = by_kept.to(torch.uint8).argmax(1)  # the first kept box above that overlaps
         w = rows.scores[:, cols]
@@ -83,7 +86,8 @@ def weighted_nms(
         w = torch.where(removed, w, torch.zeros_like(w))
         num.scatter_add_(1, first.unsqueeze(2).expand(-1, -1, 4), w.unsqueeze(2) * rows.boxes[:, cols])
         den.scatter_add_(1, first, w)
-    merged = weighted_mean(num, den, rows.boxes, torch.where(kept, rows.scores, 0.0), kept)
+    merged = weighted_mean(num, den, packed.boxes, packed.scores, packed.valid)
+    merged = packed.unpack(merged, rows.boxes)
     return finish(prep, rows, kept, rows.scores, merged, max_det=max_det)
 
 
@@ -92,19 +96,19 @@ def _voted_boxes(prep: Prepared, keep: Tensor, sigma: float) -> Tensor:
     rows = padded_rows(prep)
     is_kept = torch.zeros(prep.scores.shape[0], dtype=torch.bool, device=keep.device)
     is_kept[keep] = True
-    kept = is_kept[rows.pos.clamp(min=0)] & rows.valid
-    num = torch.zeros_like(rows.boxes)
-    den = torch.zeros_like(rows.scores)
+    kept = pack(rows, is_kept[rows.pos.clamp(min=0)] & rows.valid)  # only the kept boxes vote
+    num = kept.boxes.new_zeros(kept.boxes.shape)
+    den = kept.boxes.new_zeros(kept.valid.shape)
     for cols in column_chunks(rows):
-        iou, _ = pair_terms(rows.boxes, rows.boxes[:, cols])
+        iou, _ = pair_terms(kept.boxes, rows.boxes[:, cols])
         p = (1.0 - iou).square_().mul_(-1.0 / sigma).exp_()
-        near = (iou > 0) & rows.valid[:, cols].unsqueeze(1) & kept.unsqueeze(2)
+        near = (iou > 0) & rows.valid[:, cols].unsqueeze(1) & kept.valid.unsqueeze(2)
         weight = torch.where(near, p * rows.scores[:, cols].unsqueeze(1), torch.zeros_like(p))
         num += weighted_sum(weight, rows.boxes[:, cols])
         den += weight.sum(2)
-    voted = weighted_mean(num, den, rows.boxes, torch.zeros_like(den), kept)
+    voted = weighted_mean(num, den, kept.boxes, torch.zeros_like(den), kept.valid)
     full = torch.zeros_like(prep.boxes)
-    full[rows.pos[rows.valid]] = voted[rows.valid]
+    full[rows.pos[kept.row, kept.col]] = voted[kept.row, kept.slot]
     return full.index_select(0, keep)
 
 
