@@ -14,18 +14,20 @@ then exact in float32 and float64, so every threshold decision is the same in to
 kernel, in this package and in the float64 Python references, and keep sets compare exactly.
 """
 
+import dataclasses
 import math
 
 import pytest
 import torch
 import torchvision
 
-from iou_aware.nms import _dense
+from iou_aware.nms import NMS_REGISTRY, _dense
 from iou_aware.nms.cluster import cluster_nms
 from iou_aware.nms.diou import diou_nms
 from iou_aware.nms.matrix import matrix_nms
 from iou_aware.nms.merge import score_voting, score_voting_nms, weighted_nms
 from iou_aware.nms.wbf import weighted_boxes_fusion
+from test_modeling import RCNN, RETINANET, build, fake_batch, make_cfg
 
 # ----------------------------------------------------------------------------------------------
 # inputs
@@ -625,3 +627,74 @@ def test_wbf_absolute_coordinates_and_errors():
         weighted_boxes_fusion(boxes, [s[:-1] for s in scores], labels)
     with pytest.raises(ValueError, match="labels_list"):
         weighted_boxes_fusion(boxes, scores, labels[:2])
+
+
+# ----------------------------------------------------------------------------------------------
+# the registered types in the detectors
+# ----------------------------------------------------------------------------------------------
+
+# each type with non-default values of its keys: (type, [KEY, value, ...], {argument: value})
+DETECTOR_TYPES = [
+    ("diou", ["NMS.DIOU_BETA", "0.8"], {"beta": 0.8}),
+    ("cluster", ["NMS.CLUSTER_PENALTY", "score_distance", "NMS.CLUSTER_WEIGHTED", "True",
+                 "NMS.CLUSTER_SCORE_THRESH", "0.01", "NMS.CLUSTER_SIGMA", "0.3",
+                 "NMS.CLUSTER_WEIGHTED_THRESH", "0.5"],
+     {"penalty": "score_distance", "weighted": True, "score_threshold": 0.01, "sigma": 0.3,
+      "criterion": "iou", "beta": 1.0, "distance_beta": 0.6, "weighted_threshold": 0.5}),
+    ("cluster", ["NMS.CLUSTER_CRITERION", "diou", "NMS.DIOU_BETA", "0.7"],
+     {"criterion": "diou", "beta": 0.7, "score_threshold": None, "weighted": False}),
+    ("matrix", ["NMS.MATRIX_KERNEL", "linear", "NMS.MATRIX_SCORE_THRESH", "0.0"],
+     {"kernel": "linear", "sigma": 2.0, "score_threshold": 0.0}),
+    ("weighted", ["NMS.WEIGHTED_MODE", "score"], {"mode": "score"}),
+    ("score_voting", ["NMS.VOTING_SIGMA", "0.05"], {"sigma": 0.05}),
+]
+
+
+@pytest.mark.parametrize("config", [RETINANET, RCNN], ids=["retinanet", "faster_rcnn"])
+@pytest.mark.parametrize("name,opts,args", DETECTOR_TYPES, ids=[f"{t[0]}-{t[1][0]}" for t in DETECTOR_TYPES])
+def test_detectors_run_each_type(config, name, opts, args, monkeypatch):
+    """MODEL.IOU_AWARE.NMS.TYPE selects the type, its keys reach the function, and the detections
+    are the function's output (its scores; its boxes for the box-fusion types), best first."""
+    entry = NMS_REGISTRY.get(name)
+    calls = []
+
+    def spy(*a, **k):
+        out = entry.fn(*a, **k)
+        calls.append((a, k, out))
+        return out
+
+    monkeypatch.setitem(NMS_REGISTRY._entries, name, dataclasses.replace(entry, fn=spy))
+    keys = [f"MODEL.IOU_AWARE.{v}" if i % 2 == 0 else v for i, v in enumerate(opts)]
+    model = build(make_cfg(config, "MODEL.IOU_AWARE.NMS.TYPE", name, *keys))
+    model.eval()
+    with torch.no_grad():
+        out = model(fake_batch(n_images=1))[0]["instances"]
+    ((a, kwargs, result),) = calls
+    for key, value in args.items():
+        assert kwargs[key] == value, key
+    boxes = a[0]
+    k = len(out)
+    assert 0 < k <= len(result[0])
+    torch.testing.assert_close(out.scores, result[1][:k].to(out.scores.dtype))
+    want_boxes = result[2][:k] if len(result) == 3 else boxes[result[0][:k]]
+    # the detectors' postprocessing clips the boxes to the (64 x 64, unscaled) image
+    want_boxes = want_boxes.to(out.pred_boxes.tensor.dtype).clamp(0, 64)
+    torch.testing.assert_close(out.pred_boxes.tensor, want_boxes)
+    if name in ("cluster", "weighted", "score_voting") and len(result) == 3:
+        assert not torch.equal(result[2], boxes[result[0]])  # fusion moved some box
+
+
+def test_config_checks_name_the_key():
+    for key, value, text in [
+        ("NMS.DIOU_BETA", "0.0", "must be > 0"),
+        ("NMS.CLUSTER_CRITERION", "giou", "valid values are"),
+        ("NMS.CLUSTER_PENALTY", "soft", "valid values are"),
+        ("NMS.CLUSTER_WEIGHTED_THRESH", "1.5", "must be in"),
+        ("NMS.MATRIX_KERNEL", "box", "valid values are"),
+        ("NMS.MATRIX_SIGMA", "-1.0", "must be > 0"),
+        ("NMS.WEIGHTED_MODE", "iou", "valid values are"),
+        ("NMS.VOTING_SIGMA", "0.0", "must be > 0"),
+    ]:
+        cfg = make_cfg(RETINANET, "MODEL.IOU_AWARE.NMS.TYPE", "cluster", f"MODEL.IOU_AWARE.{key}", value)
+        with pytest.raises(ValueError, match=f"MODEL.IOU_AWARE.{key}: {text}"):
+            build(cfg)

@@ -20,10 +20,7 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .suppressor import _check_inputs as check_inputs
-from .suppressor import _compute_dtype as compute_dtype
-from .suppressor import _group_by_class as group_by_class
-from .suppressor import _order_by_score as order_by_score
+from ._common import check_inputs, compute_dtype, group_by_class, order_by_score
 
 # Pairwise blocks are built in row chunks of about this many elements (bounds the temporaries).
 _CHUNK_ELEMENTS = 1 << 22

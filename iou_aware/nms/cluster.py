@@ -24,7 +24,7 @@ from ._dense import (
     weighted_sum,
 )
 from .diou import check_beta
-from .suppressor import _check_threshold as check_real
+from ._common import check_real
 
 CRITERIA = ("iou", "diou")
 PENALTIES = ("none", "score", "score_distance")

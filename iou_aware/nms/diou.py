@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 from torch import Tensor
 
 from ._dense import check_max_det, finish, empty_like_result, greedy_keep, pair_terms, padded_rows, prepare
-from .suppressor import _check_threshold as check_real
+from ._common import check_real
 
 
 def check_beta(beta, name: str = "beta") -> float:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ._dense import check_max_det, column_chunks, empty_like_result, finish, pair_terms, padded_rows, prepare, upper
-from .suppressor import _check_threshold as check_real
+from ._common import check_real
 
 KERNELS = ("gaussian", "linear")
 

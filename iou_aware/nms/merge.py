@@ -23,8 +23,8 @@ from ._dense import (
     weighted_mean,
     weighted_sum,
 )
-from .suppressor import _check_threshold as check_real
-from .suppressor import batched_nms
+from ._common import check_real
+from .standard import batched_nms
 
 WEIGHT_MODES = ("score_iou", "score")
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ._dense import check_finite
-from .suppressor import _check_threshold as check_real
+from ._common import check_real
 
 CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 
