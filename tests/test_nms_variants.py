@@ -698,3 +698,17 @@ def test_config_checks_name_the_key():
         cfg = make_cfg(RETINANET, "MODEL.IOU_AWARE.NMS.TYPE", "cluster", f"MODEL.IOU_AWARE.{key}", value)
         with pytest.raises(ValueError, match=f"MODEL.IOU_AWARE.{key}: {text}"):
             build(cfg)
+
+
+def test_nms_benchmark_times_every_registered_type():
+    from benchmarks import benchmark_nms
+
+    variants = dict(benchmark_nms.variants(0.5))
+    for name in NMS_REGISTRY.names():
+        assert name in benchmark_nms.TIMED_BY_FUNCTION or f"type {name}" in variants, name
+    boxes, scores, ious, idxs = benchmark_nms.make_detections(300, 4)
+    direct = {"type diou": diou_nms(boxes, scores, idxs, 0.5), "type matrix": matrix_nms(boxes, scores, idxs),
+              "type weighted": weighted_nms(boxes, scores, idxs, 0.5)}
+    for name, want in direct.items():  # called with the config defaults, as the detectors do
+        got = variants[name](boxes, scores, ious, idxs)
+        assert all(torch.equal(a, b) for a, b in zip(got, want)), name
