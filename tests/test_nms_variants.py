@@ -42,7 +42,7 @@ def grid_boxes(seed, n=None, classes=3, span=64, size=32, score_levels=10, dtype
     xy = torch.randint(0, span * 8, (n, 2), generator=g).to(dtype) / 8
     wh = torch.randint(1, size * 8, (n, 2), generator=g).to(dtype) / 8
     boxes = torch.cat([xy, xy + wh], 1)
-    scores = (torch.randint(1, score_levels + 1, (n,), generator=g).to(dtype) / score_levels)
+    scores = torch.randint(1, score_levels + 1, (n,), generator=g).to(dtype) / score_levels
     idxs = torch.randint(0, classes, (n,), generator=g)
     # a few exact duplicates (IoU 1, same score)
     if n > 4:
@@ -69,7 +69,9 @@ def py_iou(a, b):
 
 def py_distance_ratio(a, b):
     """rho^2 / c^2: squared centre distance over the squared diagonal of the enclosing box."""
-    rho2 = ((a[0] + a[2]) / 2 - (b[0] + b[2]) / 2) ** 2 + ((a[1] + a[3]) / 2 - (b[1] + b[3]) / 2) ** 2
+    rho2 = ((a[0] + a[2]) / 2 - (b[0] + b[2]) / 2) ** 2 + (
+        (a[1] + a[3]) / 2 - (b[1] + b[3]) / 2
+    ) ** 2
     c2 = (max(a[2], b[2]) - min(a[0], b[0])) ** 2 + (max(a[3], b[3]) - min(a[1], b[1])) ** 2
     return rho2 / c2 if c2 > 0 else 0.0
 
@@ -101,14 +103,32 @@ def ref_greedy(boxes, scores, idxs, suppresses, agnostic=False):
 
 
 def ref_diou_nms(boxes, scores, idxs, thr, beta=1.0, agnostic=False, max_det=None):
-    kept = ref_greedy(boxes, scores, idxs,
-                      lambda m, j: py_iou(m, j) - py_distance_ratio(m, j) ** beta > thr, agnostic)
+    kept = ref_greedy(
+        boxes,
+        scores,
+        idxs,
+        lambda m, j: py_iou(m, j) - py_distance_ratio(m, j) ** beta > thr,
+        agnostic,
+    )
     return as_result([(k, scores[k].item()) for k in kept], max_det)
 
 
-def ref_cluster_nms(boxes, scores, idxs, thr, criterion="iou", beta=1.0, penalty="none", sigma=0.2,
-                    distance_beta=0.6, weighted=False, weighted_threshold=0.8, score_threshold=None,
-                    agnostic=False, max_det=None):
+def ref_cluster_nms(
+    boxes,
+    scores,
+    idxs,
+    thr,
+    criterion="iou",
+    beta=1.0,
+    penalty="none",
+    sigma=0.2,
+    distance_beta=0.6,
+    weighted=False,
+    weighted_threshold=0.8,
+    score_threshold=None,
+    agnostic=False,
+    max_det=None,
+):
     """TCYB 2021 Algorithm 1 per class, literally (C = X; A = C; b = max_i A; E = diag(b <= thr);
     C = E X; until A == C), then the SPM / distance penalty / weighted coordinates."""
     b, s, c = boxes.tolist(), scores.tolist(), idxs.tolist()
@@ -117,11 +137,16 @@ def ref_cluster_nms(boxes, scores, idxs, thr, criterion="iou", beta=1.0, penalty
         n = len(order)
         bx = [b[i] for i in order]
         iou = [[py_iou(bx[i], bx[j]) if i < j else 0.0 for j in range(n)] for i in range(n)]
-        dist = [[py_distance_ratio(bx[i], bx[j]) if i < j else 0.0 for j in range(n)] for i in range(n)]
+        dist = [
+            [py_distance_ratio(bx[i], bx[j]) if i < j else 0.0 for j in range(n)] for i in range(n)
+        ]
         if criterion == "iou":
             X = iou
         else:
-            X = [[iou[i][j] - dist[i][j] ** beta if i < j else 0.0 for j in range(n)] for i in range(n)]
+            X = [
+                [iou[i][j] - dist[i][j] ** beta if i < j else 0.0 for j in range(n)]
+                for i in range(n)
+            ]
         C = [row[:] for row in X]
         while True:
             A = C
@@ -159,8 +184,16 @@ def ref_cluster_nms(boxes, scores, idxs, thr, criterion="iou", beta=1.0, penalty
     return keep, sc, [out_boxes[k] for k in keep]
 
 
-def ref_matrix_nms(boxes, scores, idxs, kernel="gaussian", sigma=2.0, score_threshold=0.05,
-                   agnostic=False, max_det=None):
+def ref_matrix_nms(
+    boxes,
+    scores,
+    idxs,
+    kernel="gaussian",
+    sigma=2.0,
+    score_threshold=0.05,
+    agnostic=False,
+    max_det=None,
+):
     """SOLOv2: decay_j = min_{i above j} f(iou_ij) / f(max_{k above i} iou_ki)."""
     b, s, c = boxes.tolist(), scores.tolist(), idxs.tolist()
 
@@ -169,8 +202,10 @@ def ref_matrix_nms(boxes, scores, idxs, kernel="gaussian", sigma=2.0, score_thre
 
     out = []
     for order in ranked_classes(s, c, agnostic).values():
-        comp = [max([py_iou(b[order[k]], b[order[i]]) for k in range(i)], default=0.0)
-                for i in range(len(order))]
+        comp = [
+            max([py_iou(b[order[k]], b[order[i]]) for k in range(i)], default=0.0)
+            for i in range(len(order))
+        ]
         for j, jj in enumerate(order):
             decay = 1.0
             for i in range(j):
@@ -231,8 +266,9 @@ def assert_same(result, ref, boxes_too=False):
     assert keep.tolist() == ref[0]
     torch.testing.assert_close(sc, torch.tensor(ref[1], dtype=sc.dtype), rtol=1e-9, atol=1e-12)
     if boxes_too:
-        torch.testing.assert_close(result[2], torch.tensor(ref[2], dtype=result[2].dtype).view(-1, 4),
-                                   rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(
+            result[2], torch.tensor(ref[2], dtype=result[2].dtype).view(-1, 4), rtol=1e-9, atol=1e-9
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,7 +280,9 @@ def assert_same(result, ref, boxes_too=False):
 def test_plain_cluster_nms_keeps_exactly_what_torchvision_keeps(dtype):
     for seed in range(60):
         classes = 1 + seed % 5
-        boxes, scores, idxs = grid_boxes(seed, n=1 + (seed * 37) % 300, classes=classes, dtype=dtype)
+        boxes, scores, idxs = grid_boxes(
+            seed, n=1 + (seed * 37) % 300, classes=classes, dtype=dtype
+        )
         for thr in (0.3, 0.5, 0.7):
             ref = torchvision.ops.batched_nms(boxes, scores, idxs, thr)
             keep, sc = cluster_nms(boxes, scores, idxs, thr)
@@ -255,7 +293,9 @@ def test_plain_cluster_nms_keeps_exactly_what_torchvision_keeps(dtype):
             order = sorted(keep.tolist(), key=lambda i: (-scores[i].item(), i))
             assert keep.tolist() == order
         agnostic = torchvision.ops.nms(boxes, scores, 0.5)
-        assert set(cluster_nms(boxes, scores, idxs, 0.5, class_agnostic=True)[0].tolist()) == set(agnostic.tolist())
+        assert set(cluster_nms(boxes, scores, idxs, 0.5, class_agnostic=True)[0].tolist()) == set(
+            agnostic.tolist()
+        )
 
 
 @pytest.mark.parametrize(
@@ -302,9 +342,14 @@ def test_diou_nms_matches_greedy_reference(beta):
     for seed in SEEDS:
         boxes, scores, idxs = grid_boxes(seed)
         for thr in (0.3, 0.5):
-            assert_same(diou_nms(boxes, scores, idxs, thr, beta), ref_diou_nms(boxes, scores, idxs, thr, beta))
-        assert_same(diou_nms(boxes, scores, idxs, 0.5, beta, class_agnostic=True, max_det=5),
-                    ref_diou_nms(boxes, scores, idxs, 0.5, beta, agnostic=True, max_det=5))
+            assert_same(
+                diou_nms(boxes, scores, idxs, thr, beta),
+                ref_diou_nms(boxes, scores, idxs, thr, beta),
+            )
+        assert_same(
+            diou_nms(boxes, scores, idxs, 0.5, beta, class_agnostic=True, max_det=5),
+            ref_diou_nms(boxes, scores, idxs, 0.5, beta, agnostic=True, max_det=5),
+        )
 
 
 def test_blocked_greedy_equals_reference_on_large_classes(monkeypatch):
@@ -313,9 +358,13 @@ def test_blocked_greedy_equals_reference_on_large_classes(monkeypatch):
     for seed in range(6):
         boxes, scores, idxs = grid_boxes(seed, n=300, classes=2, score_levels=1000)
         assert_same(diou_nms(boxes, scores, idxs, 0.5), ref_diou_nms(boxes, scores, idxs, 0.5))
-        assert_same(weighted_nms(boxes, scores, idxs, 0.5), ref_weighted_nms(boxes, scores, idxs, 0.5), True)
+        assert_same(
+            weighted_nms(boxes, scores, idxs, 0.5), ref_weighted_nms(boxes, scores, idxs, 0.5), True
+        )
         keep = cluster_nms(boxes, scores, idxs, 0.5)[0]
-        assert set(keep.tolist()) == set(torchvision.ops.batched_nms(boxes, scores, idxs, 0.5).tolist())
+        assert set(keep.tolist()) == set(
+            torchvision.ops.batched_nms(boxes, scores, idxs, 0.5).tolist()
+        )
 
 
 def test_diou_nms_reduces_to_standard_nms_for_concentric_boxes():
@@ -333,16 +382,24 @@ def test_matrix_nms_matches_solov2(kernel, sigma):
     for seed in SEEDS:
         boxes, scores, idxs = grid_boxes(seed)
         for thr in (0.05, 0.3):
-            assert_same(matrix_nms(boxes, scores, idxs, kernel=kernel, sigma=sigma, score_threshold=thr),
-                        ref_matrix_nms(boxes, scores, idxs, kernel, sigma, thr))
-        assert_same(matrix_nms(boxes, scores, idxs, 0.5, kernel=kernel, class_agnostic=True, max_det=9),
-                    ref_matrix_nms(boxes, scores, idxs, kernel, 2.0, 0.05, agnostic=True, max_det=9))
+            assert_same(
+                matrix_nms(boxes, scores, idxs, kernel=kernel, sigma=sigma, score_threshold=thr),
+                ref_matrix_nms(boxes, scores, idxs, kernel, sigma, thr),
+            )
+        assert_same(
+            matrix_nms(boxes, scores, idxs, 0.5, kernel=kernel, class_agnostic=True, max_det=9),
+            ref_matrix_nms(boxes, scores, idxs, kernel, 2.0, 0.05, agnostic=True, max_det=9),
+        )
 
 
 def test_matrix_nms_linear_exact_duplicates_stay_finite():
-    boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10], [1, 1, 11, 11]], dtype=torch.float64)
+    boxes = torch.tensor(
+        [[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10], [1, 1, 11, 11]], dtype=torch.float64
+    )
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6], dtype=torch.float64)
-    keep, sc = matrix_nms(boxes, scores, torch.zeros(4, dtype=torch.int64), kernel="linear", score_threshold=0.0)
+    keep, sc = matrix_nms(
+        boxes, scores, torch.zeros(4, dtype=torch.int64), kernel="linear", score_threshold=0.0
+    )
     assert torch.isfinite(sc).all()
     ref = ref_matrix_nms(boxes, scores, torch.zeros(4, dtype=torch.int64), "linear", 2.0, 0.0)
     assert_same((keep, sc), ref)
@@ -355,9 +412,14 @@ def test_weighted_nms_matches_cad_reference(mode):
         for thr in (0.3, 0.6):
             got = weighted_nms(boxes, scores, idxs, thr, mode=mode)
             assert_same(got, ref_weighted_nms(boxes, scores, idxs, thr, mode), boxes_too=True)
-            assert set(got[0].tolist()) == set(torchvision.ops.batched_nms(boxes, scores, idxs, thr).tolist())
-        assert_same(weighted_nms(boxes, scores, idxs, 0.5, mode=mode, class_agnostic=True, max_det=4),
-                    ref_weighted_nms(boxes, scores, idxs, 0.5, mode, agnostic=True, max_det=4), boxes_too=True)
+            assert set(got[0].tolist()) == set(
+                torchvision.ops.batched_nms(boxes, scores, idxs, thr).tolist()
+            )
+        assert_same(
+            weighted_nms(boxes, scores, idxs, 0.5, mode=mode, class_agnostic=True, max_det=4),
+            ref_weighted_nms(boxes, scores, idxs, 0.5, mode, agnostic=True, max_det=4),
+            boxes_too=True,
+        )
 
 
 def test_score_voting_matches_paa_reference():
@@ -368,12 +430,16 @@ def test_score_voting_matches_paa_reference():
             ref_keep = torchvision.ops.batched_nms(boxes, scores, idxs, 0.5)
             assert set(keep.tolist()) == set(ref_keep.tolist())
             assert torch.equal(sc, scores[keep])
-            ref = torch.tensor(ref_score_voting(boxes, scores, idxs, keep.tolist(), sigma), dtype=voted.dtype)
+            ref = torch.tensor(
+                ref_score_voting(boxes, scores, idxs, keep.tolist(), sigma), dtype=voted.dtype
+            )
             torch.testing.assert_close(voted, ref.view(-1, 4), rtol=1e-9, atol=1e-9)
         # voting after any keep set (here: every box)
         every = torch.arange(len(scores))
         ref = torch.tensor(ref_score_voting(boxes, scores, idxs, every.tolist()), dtype=boxes.dtype)
-        torch.testing.assert_close(score_voting(boxes, scores, idxs, every), ref.view(-1, 4), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(
+            score_voting(boxes, scores, idxs, every), ref.view(-1, 4), rtol=1e-9, atol=1e-9
+        )
 
 
 def test_score_voting_class_agnostic_and_max_det():
@@ -392,7 +458,15 @@ def test_score_voting_class_agnostic_and_max_det():
 
 BATCHED = [
     (cluster_nms, {}),
-    (cluster_nms, {"criterion": "diou", "penalty": "score_distance", "weighted": True, "score_threshold": 0.1}),
+    (
+        cluster_nms,
+        {
+            "criterion": "diou",
+            "penalty": "score_distance",
+            "weighted": True,
+            "score_threshold": 0.1,
+        },
+    ),
     (matrix_nms, {"kernel": "linear"}),
     (matrix_nms, {"max_det": 5}),
     (weighted_nms, {}),
@@ -406,7 +480,9 @@ def test_padded_batch_equals_per_image_calls(fn, options):
     images = [grid_boxes(seed, n=n) for seed, n in ((1, 30), (2, 1), (3, 57), (4, 12))]
     n = max(len(s) for _, s, _ in images)
     b = len(images)
-    boxes = torch.rand(b, n, 4, generator=g, dtype=torch.float64) * 1000  # padding: arbitrary values
+    boxes = (
+        torch.rand(b, n, 4, generator=g, dtype=torch.float64) * 1000
+    )  # padding: arbitrary values
     scores = torch.rand(b, n, generator=g, dtype=torch.float64) + 5.0
     idxs = torch.randint(0, 3, (b, n), generator=g)
     valid = torch.zeros(b, n, dtype=torch.bool)
@@ -431,7 +507,9 @@ def test_padded_batch_equals_per_image_calls(fn, options):
 
 def test_batch_without_valid_and_bad_valid():
     boxes, scores, idxs = grid_boxes(7, n=20)
-    batch = cluster_nms(boxes[None].repeat(2, 1, 1), scores[None].repeat(2, 1), idxs[None].repeat(2, 1), 0.5)
+    batch = cluster_nms(
+        boxes[None].repeat(2, 1, 1), scores[None].repeat(2, 1), idxs[None].repeat(2, 1), 0.5
+    )
     single = cluster_nms(boxes, scores, idxs, 0.5)
     assert torch.equal(batch[0][0], single[0]) and torch.equal(batch[0][1], single[0])
     with pytest.raises(ValueError, match="valid"):
@@ -449,7 +527,12 @@ def test_batch_without_valid_and_bad_valid():
 ALL = [
     ("diou", lambda b, s, i, **k: diou_nms(b, s, i, 0.5, **k)),
     ("cluster", lambda b, s, i, **k: cluster_nms(b, s, i, 0.5, **k)),
-    ("cluster_spm_w", lambda b, s, i, **k: cluster_nms(b, s, i, 0.5, penalty="score_distance", weighted=True, **k)),
+    (
+        "cluster_spm_w",
+        lambda b, s, i, **k: cluster_nms(
+            b, s, i, 0.5, penalty="score_distance", weighted=True, **k
+        ),
+    ),
     ("matrix", lambda b, s, i, **k: matrix_nms(b, s, i, **k)),
     ("weighted", lambda b, s, i, **k: weighted_nms(b, s, i, 0.5, **k)),
     ("score_voting", lambda b, s, i, **k: score_voting_nms(b, s, i, 0.5, **k)),
@@ -460,8 +543,11 @@ ALL = [
 def test_dtypes(name, fn):
     boxes, scores, idxs = grid_boxes(9, n=60, dtype=torch.float64)
     ref = fn(boxes.float(), scores.float(), idxs)
-    for b_dtype, s_dtype in ((torch.float16, torch.float16), (torch.bfloat16, torch.float32),
-                             (torch.int32, torch.float32)):
+    for b_dtype, s_dtype in (
+        (torch.float16, torch.float16),
+        (torch.bfloat16, torch.float32),
+        (torch.int32, torch.float32),
+    ):
         b = (boxes * 8).to(b_dtype) if b_dtype == torch.int32 else boxes.to(b_dtype)
         got = fn(b, scores.to(s_dtype), idxs)
         assert got[1].dtype == torch.float32, (name, b_dtype)
@@ -486,8 +572,19 @@ def test_edge_cases(name, fn):
     if fused:
         torch.testing.assert_close(one[2], torch.tensor([[1.0, 2.0, 3.0, 4.0]]))
     # zero-area, inverted, identical and point boxes: finite results
-    boxes = torch.tensor([[5, 5, 5, 5], [5, 5, 5, 5], [0, 0, 10, 0], [10, 10, 0, 0], [10, 0, 0, 10],
-                          [0, 0, 10, 10], [0, 0, 10, 10], [2, 2, 2, 9]], dtype=torch.float32)
+    boxes = torch.tensor(
+        [
+            [5, 5, 5, 5],
+            [5, 5, 5, 5],
+            [0, 0, 10, 0],
+            [10, 10, 0, 0],
+            [10, 0, 0, 10],
+            [0, 0, 10, 10],
+            [0, 0, 10, 10],
+            [2, 2, 2, 9],
+        ],
+        dtype=torch.float32,
+    )
     scores = torch.tensor([0.9, 0.9, 0.8, 0.7, 0.6, 0.5, 0.5, 0.4])
     out = fn(boxes, scores, torch.zeros(8, dtype=torch.int64))
     for t in out[1:]:
@@ -504,7 +601,12 @@ def test_edge_cases(name, fn):
 @pytest.mark.parametrize("name,fn", ALL)
 def test_non_finite_and_bad_arguments(name, fn):
     boxes, scores, idxs = grid_boxes(2, n=10)
-    for bad, arg in ((math.nan, "boxes"), (math.inf, "boxes"), (-math.inf, "scores"), (math.nan, "scores")):
+    for bad, arg in (
+        (math.nan, "boxes"),
+        (math.inf, "boxes"),
+        (-math.inf, "scores"),
+        (math.nan, "scores"),
+    ):
         b, s = boxes.clone(), scores.clone()
         (b[3, 1] if arg == "boxes" else s[4]).fill_(bad)
         with pytest.raises(ValueError, match=f"{arg} contains NaN or infinite"):
@@ -554,7 +656,9 @@ def test_cuda_matches_cpu():
                 torch.testing.assert_close(a.cpu(), b, rtol=1e-5, atol=1e-4)
         for fn, options in BATCHED:
             thr = [] if fn is matrix_nms else [0.5]
-            batch_gpu = fn(boxes.cuda()[None], scores.cuda()[None], idxs.cuda()[None], *thr, **options)
+            batch_gpu = fn(
+                boxes.cuda()[None], scores.cuda()[None], idxs.cuda()[None], *thr, **options
+            )
             single = fn(boxes, scores, idxs, *thr, **options)
             assert torch.equal(batch_gpu[0][0].cpu(), single[0])
 
@@ -571,7 +675,9 @@ def wbf_models(seed, models=3, n=25, labels=2):
     base = torch.rand(6, 2, generator=g) * 0.6
     for m in range(models):
         k = int(torch.randint(0, n, (1,), generator=g)) if m == 1 else n
-        centre = base[torch.randint(0, 6, (k,), generator=g)] + torch.randn(k, 2, generator=g) * 0.02
+        centre = (
+            base[torch.randint(0, 6, (k,), generator=g)] + torch.randn(k, 2, generator=g) * 0.02
+        )
         wh = torch.rand(k, 2, generator=g) * 0.2 + 0.05
         b = torch.cat([centre, centre + wh], 1).clamp(0, 1)
         boxes.append(b.numpy().astype("float64"))
@@ -587,13 +693,31 @@ def test_wbf_matches_ensemble_boxes(conf_type):
 
     for seed in range(25):
         boxes, scores, labels = wbf_models(seed)
-        for weights, thr, skip, overflow in ((None, 0.55, 0.0, False), ([2, 1, 3], 0.4, 0.2, False),
-                                             ([1, 1.5, 1], 0.7, 0.0, True)):
-            rb, rs, rl = reference(boxes, scores, labels, weights=weights, iou_thr=thr, skip_box_thr=skip,
-                                   conf_type=conf_type, allows_overflow=overflow)
-            gb, gs, gl = weighted_boxes_fusion(boxes, scores, labels, weights=weights, iou_threshold=thr,
-                                               skip_box_threshold=skip, conf_type=conf_type,
-                                               allows_overflow=overflow)
+        for weights, thr, skip, overflow in (
+            (None, 0.55, 0.0, False),
+            ([2, 1, 3], 0.4, 0.2, False),
+            ([1, 1.5, 1], 0.7, 0.0, True),
+        ):
+            rb, rs, rl = reference(
+                boxes,
+                scores,
+                labels,
+                weights=weights,
+                iou_thr=thr,
+                skip_box_thr=skip,
+                conf_type=conf_type,
+                allows_overflow=overflow,
+            )
+            gb, gs, gl = weighted_boxes_fusion(
+                boxes,
+                scores,
+                labels,
+                weights=weights,
+                iou_threshold=thr,
+                skip_box_threshold=skip,
+                conf_type=conf_type,
+                allows_overflow=overflow,
+            )
             assert len(gb) == len(rb), (seed, weights)
             # compare as sets of (label, score, box): the reference's order of equal scores differs
             ref_rows = sorted(np.concatenate([rl[:, None], rs[:, None], rb], 1).tolist())
@@ -612,8 +736,12 @@ def test_wbf_absolute_coordinates_and_errors():
     torch.testing.assert_close(scaled[1], norm[1])
     # inverted corners are ordered, zero-area boxes skipped
     inv = [b[:, [2, 3, 0, 1]] for b in boxes]
-    torch.testing.assert_close(weighted_boxes_fusion(inv, scores, labels, iou_threshold=0.5)[0], norm[0])
-    empty = weighted_boxes_fusion([torch.zeros(0, 4)], [torch.zeros(0)], [torch.zeros(0, dtype=torch.int64)])
+    torch.testing.assert_close(
+        weighted_boxes_fusion(inv, scores, labels, iou_threshold=0.5)[0], norm[0]
+    )
+    empty = weighted_boxes_fusion(
+        [torch.zeros(0, 4)], [torch.zeros(0)], [torch.zeros(0, dtype=torch.int64)]
+    )
     assert [tuple(t.shape) for t in empty] == [(0, 4), (0,), (0,)]
     bad = [b.copy() for b in boxes]
     bad[2][0, 0] = float("nan")
@@ -636,22 +764,50 @@ def test_wbf_absolute_coordinates_and_errors():
 # each type with non-default values of its keys: (type, [KEY, value, ...], {argument: value})
 DETECTOR_TYPES = [
     ("diou", ["NMS.DIOU_BETA", "0.8"], {"beta": 0.8}),
-    ("cluster", ["NMS.CLUSTER_PENALTY", "score_distance", "NMS.CLUSTER_WEIGHTED", "True",
-                 "NMS.CLUSTER_SCORE_THRESH", "0.01", "NMS.CLUSTER_SIGMA", "0.3",
-                 "NMS.CLUSTER_WEIGHTED_THRESH", "0.5"],
-     {"penalty": "score_distance", "weighted": True, "score_threshold": 0.01, "sigma": 0.3,
-      "criterion": "iou", "beta": 1.0, "distance_beta": 0.6, "weighted_threshold": 0.5}),
-    ("cluster", ["NMS.CLUSTER_CRITERION", "diou", "NMS.DIOU_BETA", "0.7"],
-     {"criterion": "diou", "beta": 0.7, "score_threshold": None, "weighted": False}),
-    ("matrix", ["NMS.MATRIX_KERNEL", "linear", "NMS.MATRIX_SCORE_THRESH", "0.0"],
-     {"kernel": "linear", "sigma": 2.0, "score_threshold": 0.0}),
+    (
+        "cluster",
+        [
+            "NMS.CLUSTER_PENALTY",
+            "score_distance",
+            "NMS.CLUSTER_WEIGHTED",
+            "True",
+            "NMS.CLUSTER_SCORE_THRESH",
+            "0.01",
+            "NMS.CLUSTER_SIGMA",
+            "0.3",
+            "NMS.CLUSTER_WEIGHTED_THRESH",
+            "0.5",
+        ],
+        {
+            "penalty": "score_distance",
+            "weighted": True,
+            "score_threshold": 0.01,
+            "sigma": 0.3,
+            "criterion": "iou",
+            "beta": 1.0,
+            "distance_beta": 0.6,
+            "weighted_threshold": 0.5,
+        },
+    ),
+    (
+        "cluster",
+        ["NMS.CLUSTER_CRITERION", "diou", "NMS.DIOU_BETA", "0.7"],
+        {"criterion": "diou", "beta": 0.7, "score_threshold": None, "weighted": False},
+    ),
+    (
+        "matrix",
+        ["NMS.MATRIX_KERNEL", "linear", "NMS.MATRIX_SCORE_THRESH", "0.0"],
+        {"kernel": "linear", "sigma": 2.0, "score_threshold": 0.0},
+    ),
     ("weighted", ["NMS.WEIGHTED_MODE", "score"], {"mode": "score"}),
     ("score_voting", ["NMS.VOTING_SIGMA", "0.05"], {"sigma": 0.05}),
 ]
 
 
 @pytest.mark.parametrize("config", [RETINANET, RCNN], ids=["retinanet", "faster_rcnn"])
-@pytest.mark.parametrize("name,opts,args", DETECTOR_TYPES, ids=[f"{t[0]}-{t[1][0]}" for t in DETECTOR_TYPES])
+@pytest.mark.parametrize(
+    "name,opts,args", DETECTOR_TYPES, ids=[f"{t[0]}-{t[1][0]}" for t in DETECTOR_TYPES]
+)
 def test_detectors_run_each_type(config, name, opts, args, monkeypatch):
     """MODEL.IOU_AWARE.NMS.TYPE selects the type, its keys reach the function, and the detections
     are the function's output (its scores; its boxes for the box-fusion types), best first."""
@@ -695,7 +851,9 @@ def test_config_checks_name_the_key():
         ("NMS.WEIGHTED_MODE", "iou", "valid values are"),
         ("NMS.VOTING_SIGMA", "0.0", "must be > 0"),
     ]:
-        cfg = make_cfg(RETINANET, "MODEL.IOU_AWARE.NMS.TYPE", "cluster", f"MODEL.IOU_AWARE.{key}", value)
+        cfg = make_cfg(
+            RETINANET, "MODEL.IOU_AWARE.NMS.TYPE", "cluster", f"MODEL.IOU_AWARE.{key}", value
+        )
         with pytest.raises(ValueError, match=f"MODEL.IOU_AWARE.{key}: {text}"):
             build(cfg)
 
@@ -707,8 +865,11 @@ def test_nms_benchmark_times_every_registered_type():
     for name in NMS_REGISTRY.names():
         assert name in benchmark_nms.TIMED_BY_FUNCTION or f"type {name}" in variants, name
     boxes, scores, ious, idxs = benchmark_nms.make_detections(300, 4)
-    direct = {"type diou": diou_nms(boxes, scores, idxs, 0.5), "type matrix": matrix_nms(boxes, scores, idxs),
-              "type weighted": weighted_nms(boxes, scores, idxs, 0.5)}
+    direct = {
+        "type diou": diou_nms(boxes, scores, idxs, 0.5),
+        "type matrix": matrix_nms(boxes, scores, idxs),
+        "type weighted": weighted_nms(boxes, scores, idxs, 0.5),
+    }
     for name, want in direct.items():  # called with the config defaults, as the detectors do
         got = variants[name](boxes, scores, ious, idxs)
         assert all(torch.equal(a, b) for a, b in zip(got, want)), name

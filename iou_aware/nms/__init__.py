@@ -22,8 +22,8 @@ by ascending index ("IoU > threshold" suppresses; fp16/bf16 is computed in float
 
 :data:`NMS_REGISTRY` holds the types ``MODEL.IOU_AWARE.NMS.TYPE`` selects ("standard",
 "score_fused", "iou_guided", "soft", "diou", "cluster", "matrix", "weighted", "score_voting");
-:func:`register_nms` adds one (protocol in :mod:`iou_aware.nms.registry`). How the algorithms are computed, and how their size limits were
-measured: ``docs/nms.md``.
+:func:`register_nms` adds one (protocol in :mod:`iou_aware.nms.registry`). How the algorithms
+are computed, and how their size limits were measured: ``docs/nms.md``.
 """
 
 from .cluster import cluster_nms

@@ -32,7 +32,12 @@ _GREEDY_BLOCK = 256
 def check_finite(**tensors: Tensor) -> None:
     """Raise ``ValueError`` naming the first argument that holds a NaN or an infinity."""
     for name, t in tensors.items():
-        if t is not None and t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+        if (
+            t is not None
+            and t.is_floating_point()
+            and t.numel()
+            and not bool(torch.isfinite(t).all())
+        ):
             raise ValueError(
                 f"{name} contains NaN or infinite values; NMS needs finite {name} "
                 "(filter or clamp them before calling)"
@@ -63,8 +68,15 @@ class Prepared:
     dtype: torch.dtype
 
 
-def prepare(boxes: Tensor, scores: Tensor, idxs: Tensor, *, class_agnostic: bool = False,
-            valid: Optional[Tensor] = None, batch_ok: bool = False) -> Prepared:
+def prepare(
+    boxes: Tensor,
+    scores: Tensor,
+    idxs: Tensor,
+    *,
+    class_agnostic: bool = False,
+    valid: Optional[Tensor] = None,
+    batch_ok: bool = False,
+) -> Prepared:
     """Check the arguments of an NMS call and flatten them (see :class:`Prepared`).
 
     One image: ``boxes`` (N, 4), ``scores`` and ``idxs`` (N,). A padded batch (where
@@ -75,7 +87,9 @@ def prepare(boxes: Tensor, scores: Tensor, idxs: Tensor, *, class_agnostic: bool
     if isinstance(boxes, Tensor) and boxes.dim() == 3 and batch_ok:
         b, n = boxes.shape[:2]
         if boxes.shape[2] != 4:
-            raise ValueError(f"boxes must have shape (B, N, 4) for a batch, got {tuple(boxes.shape)}")
+            raise ValueError(
+                f"boxes must have shape (B, N, 4) for a batch, got {tuple(boxes.shape)}"
+            )
         for name, t in (("scores", scores), ("idxs", idxs), ("valid", valid)):
             if name == "valid" and t is None:
                 continue
@@ -86,16 +100,19 @@ def prepare(boxes: Tensor, scores: Tensor, idxs: Tensor, *, class_agnostic: bool
                 raise ValueError(f"{name} is on {t.device} but boxes are on {boxes.device}")
         if valid is not None and valid.dtype != torch.bool:
             raise ValueError(f"valid must be a bool tensor (False for padding), got {valid.dtype}")
-        mask = valid.reshape(-1) if valid is not None else None
-        flat_boxes, flat_scores, flat_idxs = boxes.reshape(-1, 4), scores.reshape(-1), idxs.reshape(-1)
         pos = torch.arange(b * n, device=boxes.device)
-        if mask is not None:
-            flat_boxes, flat_scores, flat_idxs, pos = flat_boxes[mask], flat_scores[mask], flat_idxs[mask], pos[mask]
+        flat = [boxes.reshape(-1, 4), scores.reshape(-1), idxs.reshape(-1), pos]
+        if valid is not None:
+            flat = [t[valid.reshape(-1)] for t in flat]
+        flat_boxes, flat_scores, flat_idxs, pos = flat
         image, index = torch.div(pos, n, rounding_mode="floor"), pos % max(n, 1)
         batch = (b, n)
     else:
         if valid is not None:
-            raise ValueError("valid is for a padded batch (boxes of shape (B, N, 4)); pass valid=None for one image")
+            raise ValueError(
+                "valid is for a padded batch (boxes of shape (B, N, 4)); "
+                "pass valid=None for one image"
+            )
         check_inputs(boxes, scores=scores, idxs=idxs)
         flat_boxes, flat_scores, flat_idxs = boxes, scores, idxs
         index = torch.arange(boxes.shape[0], device=boxes.device)
@@ -184,8 +201,8 @@ def pair_terms(a: Tensor, b: Tensor, distance: bool = False) -> Tuple[Tensor, Op
 class Packed:
     """The boxes of a mask over a :class:`Rows` layout, packed to the left of a (R, K) block in
     rank order: ``boxes`` (R, K, 4), ``scores`` and ``valid`` (R, K), ``rank`` (R, K) their column
-    in the layout (``W`` in padding); ``row``, ``col``, ``slot``: for each packed box its row, layout column
-    and packed column."""
+    in the layout (``W`` in padding); ``row``, ``col``, ``slot``: for each packed box its row,
+    layout column and packed column."""
 
     boxes: Tensor
     scores: Tensor
@@ -235,10 +252,16 @@ def upper(rows: Rows, cols: Optional[slice] = None, rows_slice: Optional[slice] 
     device = rows.pos.device
     i = torch.arange(rows_slice.start, rows_slice.stop, device=device).view(-1, 1)
     j = torch.arange(cols.start, cols.stop, device=device).view(1, -1)
-    return (i < j).unsqueeze(0) & rows.valid[:, rows_slice].unsqueeze(2) & rows.valid[:, cols].unsqueeze(1)
+    return (
+        (i < j).unsqueeze(0)
+        & rows.valid[:, rows_slice].unsqueeze(2)
+        & rows.valid[:, cols].unsqueeze(1)
+    )
 
 
-def greedy_keep(rows: Rows, criterion: Callable[[Tensor, Tensor], Tensor], threshold: float) -> Tensor:
+def greedy_keep(
+    rows: Rows, criterion: Callable[[Tensor, Tensor], Tensor], threshold: float
+) -> Tensor:
     """Greedy NMS of every row at once for a pairwise ``criterion(a, b)`` ((R, P, 4), (R, Q, 4) ->
     (R, P, Q)): a box is kept unless a kept box ranked above it has ``criterion > threshold``.
 
@@ -257,7 +280,9 @@ def greedy_keep(rows: Rows, criterion: Callable[[Tensor, Tensor], Tensor], thres
         cand = rows.valid[:, cols]
         if a0 > 0:
             earlier = pack(rows, kept)  # kept is still False from column a0 on
-            hit = (criterion(earlier.boxes, rows.boxes[:, cols]) > threshold) & earlier.valid.unsqueeze(2)
+            hit = (
+                criterion(earlier.boxes, rows.boxes[:, cols]) > threshold
+            ) & earlier.valid.unsqueeze(2)
             cand = cand & ~hit.any(1)
         inside = criterion(rows.boxes[:, cols], rows.boxes[:, cols]) > threshold
         x = (inside & upper(rows, cols, rows_slice=cols)).to(dtype)
@@ -291,7 +316,9 @@ def weighted_sum(weights: Tensor, boxes: Tensor) -> Tensor:
     return torch.stack([(weights * boxes[:, :, c].unsqueeze(1)).sum(2) for c in range(4)], 2)
 
 
-def weighted_mean(num: Tensor, den: Tensor, boxes: Tensor, self_weight: Tensor, at: Tensor) -> Tensor:
+def weighted_mean(
+    num: Tensor, den: Tensor, boxes: Tensor, self_weight: Tensor, at: Tensor
+) -> Tensor:
     """``(num + w b) / (den + w)`` (the weighted mean of a box ``b`` of weight ``w`` and the voters
     summed in ``num`` / ``den``) where ``at`` and the voters' weights sum to a positive value,
     else ``boxes`` unchanged (so a box without voters keeps its exact coordinates)."""
@@ -301,8 +328,14 @@ def weighted_mean(num: Tensor, den: Tensor, boxes: Tensor, self_weight: Tensor, 
     return torch.where(ok.unsqueeze(-1), num / den.unsqueeze(-1), boxes)
 
 
-def finish(prep: Prepared, rows: Rows, out: Tensor, scores: Tensor, boxes: Optional[Tensor] = None,
-           max_det: Optional[int] = None):
+def finish(
+    prep: Prepared,
+    rows: Rows,
+    out: Tensor,
+    scores: Tensor,
+    boxes: Optional[Tensor] = None,
+    max_det: Optional[int] = None,
+):
     """Per-row results -> the public return value.
 
     ``out`` (R, W) bool: the boxes in the output; ``scores`` (R, W) their output scores; ``boxes``
@@ -353,8 +386,14 @@ def empty_like_result(prep: Prepared, fused: bool, device):
     """The return value of an NMS that keeps nothing (no boxes in the input)."""
     dtype = prep.dtype
     if prep.batch is None:
-        res = (torch.empty(0, dtype=torch.int64, device=device), torch.empty(0, dtype=dtype, device=device))
+        res = (
+            torch.empty(0, dtype=torch.int64, device=device),
+            torch.empty(0, dtype=dtype, device=device),
+        )
         return res + (torch.empty((0, 4), dtype=dtype, device=device),) if fused else res
     b = prep.batch[0]
-    res = (torch.empty((b, 0), dtype=torch.int64, device=device), torch.empty((b, 0), dtype=dtype, device=device))
+    res = (
+        torch.empty((b, 0), dtype=torch.int64, device=device),
+        torch.empty((b, 0), dtype=dtype, device=device),
+    )
     return res + (torch.empty((b, 0, 4), dtype=dtype, device=device),) if fused else res

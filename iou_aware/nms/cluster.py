@@ -32,7 +32,9 @@ PENALTIES = ("none", "score", "score_distance")
 
 def _check_choice(value, name, valid):
     if value not in valid:
-        raise ValueError(f"{name} must be one of {', '.join(repr(v) for v in valid)}, got {value!r}")
+        raise ValueError(
+            f"{name} must be one of {', '.join(repr(v) for v in valid)}, got {value!r}"
+        )
     return value
 
 
@@ -133,7 +135,9 @@ def cluster_nms(
         num = torch.zeros_like(rows.boxes)
         den = torch.zeros_like(rows.scores)
         for cols in chunks:
-            iou, ratio = pair_terms(rows.boxes, rows.boxes[:, cols], distance=penalty == "score_distance")
+            iou, ratio = pair_terms(
+                rows.boxes, rows.boxes[:, cols], distance=penalty == "score_distance"
+            )
             up = upper(rows, cols)
             if penalty != "none":
                 g = iou.square().mul_(-1.0 / sigma)  # log exp(-C^2 / sigma)
@@ -143,14 +147,18 @@ def cluster_nms(
                 log_decay[:, cols] = (g * kept_rows).sum(1)  # sum over the kept rows i
             if weighted:
                 vote = up & (iou > weighted_threshold) & kept.unsqueeze(2)
-                wij = torch.where(vote, iou * rows.scores[:, cols].unsqueeze(1), torch.zeros_like(iou))
+                wij = torch.where(
+                    vote, iou * rows.scores[:, cols].unsqueeze(1), torch.zeros_like(iou)
+                )
                 num += weighted_sum(wij, rows.boxes[:, cols])
                 den += wij.sum(2)
         if penalty != "none":
             out_scores = rows.scores * log_decay.exp()
             out = rows.valid
         if weighted:
-            out_boxes = weighted_mean(num, den, rows.boxes, torch.where(kept, rows.scores, 0.0), kept)
+            out_boxes = weighted_mean(
+                num, den, rows.boxes, torch.where(kept, rows.scores, 0.0), kept
+            )
     if score_threshold is not None:
         out = out & (out_scores >= score_threshold)
     return finish(prep, rows, out, out_scores, out_boxes, max_det=max_det)

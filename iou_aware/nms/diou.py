@@ -7,7 +7,15 @@ from typing import Optional, Tuple
 
 from torch import Tensor
 
-from ._dense import check_max_det, finish, empty_like_result, greedy_keep, pair_terms, padded_rows, prepare
+from ._dense import (
+    check_max_det,
+    finish,
+    empty_like_result,
+    greedy_keep,
+    pair_terms,
+    padded_rows,
+    prepare,
+)
 from ._common import check_real
 
 

@@ -9,7 +9,16 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._dense import check_max_det, column_chunks, empty_like_result, finish, pair_terms, padded_rows, prepare, upper
+from ._dense import (
+    check_max_det,
+    column_chunks,
+    empty_like_result,
+    finish,
+    pair_terms,
+    padded_rows,
+    prepare,
+    upper,
+)
 from ._common import check_real
 
 KERNELS = ("gaussian", "linear")
@@ -59,7 +68,9 @@ def matrix_nms(
         raise ValueError(f"kernel must be 'gaussian' or 'linear', got {kernel!r}")
     sigma = check_real(sigma, "sigma")
     if kernel == "gaussian" and not sigma > 0:
-        raise ValueError(f"sigma must be > 0 for the gaussian kernel exp(-sigma * iou^2), got {sigma}")
+        raise ValueError(
+            f"sigma must be > 0 for the gaussian kernel exp(-sigma * iou^2), got {sigma}"
+        )
     score_threshold = check_real(score_threshold, "score_threshold")
     max_det = check_max_det(max_det)
     prep = prepare(boxes, scores, idxs, class_agnostic=class_agnostic, valid=valid, batch_ok=True)
@@ -85,7 +96,9 @@ def matrix_nms(
             ratio = (comp.square() - iou.square()).mul_(sigma).exp_()
         else:
             f_comp = 1.0 - comp
-            ratio = torch.where(f_comp > 0, (1.0 - iou) / torch.where(f_comp > 0, f_comp, 1.0), math.inf)
+            ratio = torch.where(
+                f_comp > 0, (1.0 - iou) / torch.where(f_comp > 0, f_comp, 1.0), math.inf
+            )
         ratio = torch.where(up, ratio, torch.full_like(ratio, math.inf))
         decay[:, cols] = ratio.amin(1).clamp_(max=1.0)
     out_scores = rows.scores * decay

@@ -84,7 +84,9 @@ def weighted_nms(
         if mode == "score_iou":
             w = w * iou.gather(1, first.unsqueeze(1)).squeeze(1)
         w = torch.where(removed, w, torch.zeros_like(w))
-        num.scatter_add_(1, first.unsqueeze(2).expand(-1, -1, 4), w.unsqueeze(2) * rows.boxes[:, cols])
+        num.scatter_add_(
+            1, first.unsqueeze(2).expand(-1, -1, 4), w.unsqueeze(2) * rows.boxes[:, cols]
+        )
         den.scatter_add_(1, first, w)
     merged = weighted_mean(num, den, packed.boxes, packed.scores, packed.valid)
     merged = packed.unpack(merged, rows.boxes)
@@ -135,7 +137,12 @@ def score_voting(
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0 (sigma_t of exp(-(1 - IoU)^2 / sigma_t)), got {sigma}")
     prep = prepare(boxes, scores, idxs, class_agnostic=class_agnostic)
-    if not isinstance(keep, Tensor) or keep.dim() != 1 or keep.is_floating_point() or keep.dtype == torch.bool:
+    if (
+        not isinstance(keep, Tensor)
+        or keep.dim() != 1
+        or keep.is_floating_point()
+        or keep.dtype == torch.bool
+    ):
         raise ValueError("keep must be a 1-D tensor of integer indices into boxes")
     if keep.numel() and not (0 <= int(keep.min()) and int(keep.max()) < prep.scores.shape[0]):
         raise ValueError(f"keep holds indices outside [0, {prep.scores.shape[0]})")

@@ -165,7 +165,8 @@ register_nms(
     _cluster.cluster_nms,
     params=[
         Param("NMS.CLUSTER_CRITERION", "criterion", check=_one_of(*_cluster.CRITERIA),
-              help='cluster: "iou" or "diou" (IoU - (rho^2 / c^2)^DIOU_BETA) suppresses'),
+              help='cluster: "iou" or "diou" (IoU - (rho^2 / c^2)^DIOU_BETA) '
+              "suppresses"),
         _DIOU_BETA,
         Param("NMS.CLUSTER_PENALTY", "penalty", check=_one_of(*_cluster.PENALTIES),
               help='cluster: "none" (remove), "score" (decay s * prod exp(-IoU^2 / sigma)), '
@@ -178,7 +179,8 @@ register_nms(
               "above CLUSTER_WEIGHTED_THRESH (the output boxes change)"),
         Param("NMS.CLUSTER_WEIGHTED_THRESH", "weighted_threshold", check=_in_unit_interval,
               help="cluster, weighted: IoU above which a box takes part in a kept box's mean"),
-        Param("NMS.CLUSTER_SCORE_THRESH", "score_threshold", default=-1.0, to_arg=_none_if_negative,
+        Param("NMS.CLUSTER_SCORE_THRESH", "score_threshold", default=-1.0,
+              to_arg=_none_if_negative,
               help="cluster: drop boxes whose output score is below this (< 0: none)"),
     ],
 )
@@ -197,7 +199,8 @@ register_nms(
     "weighted",
     weighted_nms,
     params=[Param("NMS.WEIGHTED_MODE", "mode", check=_one_of("score_iou", "score"),
-                  help='weighted: box weights "score_iou" (s * IoU, Zhou et al. 2017) or "score" (s)')],
+                  help='weighted: box weights "score_iou" (s * IoU, Zhou et al. 2017) '
+                  'or "score" (s)')],
 )
 register_nms(
     "score_voting",

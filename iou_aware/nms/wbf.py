@@ -18,7 +18,9 @@ CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 def _as_list(values, name: str, num_models: int) -> List[Tensor]:
     if not isinstance(values, (list, tuple)) or len(values) != num_models:
         got = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
-        raise ValueError(f"{name} must be a list with one entry per model ({num_models}), got {got}")
+        raise ValueError(
+            f"{name} must be a list with one entry per model ({num_models}), got {got}"
+        )
     return [torch.as_tensor(v) for v in values]
 
 
@@ -42,11 +44,16 @@ def _model_inputs(boxes_list, scores_list, labels_list, weights) -> Tuple[Tensor
             raise ValueError(f"weights must be > 0, got {weights.tolist()}")
     parts = []
     for t, (b, s, lab) in enumerate(zip(boxes_l, scores_l, labels_l)):
-        b = b.to(torch.float64).reshape(-1, 4) if b.numel() else torch.zeros((0, 4), dtype=torch.float64)
+        b = (
+            b.to(torch.float64).reshape(-1, 4)
+            if b.numel()
+            else torch.zeros((0, 4), dtype=torch.float64)
+        )
         s, lab = s.to(torch.float64).reshape(-1), lab.reshape(-1)
         if not (b.shape[0] == s.shape[0] == lab.shape[0]):
             raise ValueError(
-                f"model {t}: boxes_list[{t}], scores_list[{t}] and labels_list[{t}] must have the same "
+                f"model {t}: boxes_list[{t}], scores_list[{t}] and labels_list[{t}] must have the "
+                "same "
                 f"length, got {b.shape[0]}, {s.shape[0]}, {lab.shape[0]}"
             )
         check_finite(**{f"boxes_list[{t}]": b, f"scores_list[{t}]": s})
@@ -55,8 +62,15 @@ def _model_inputs(boxes_list, scores_list, labels_list, weights) -> Tuple[Tensor
         parts.append((b, s, lab.to(torch.float64), torch.full_like(s, t), weights[t].expand_as(s)))
     b, s, lab, model, w = (torch.cat(p) for p in zip(*parts))
     # corners in order (the reference package swaps inverted corners the same way)
-    b = torch.stack([torch.minimum(b[:, 0], b[:, 2]), torch.minimum(b[:, 1], b[:, 3]),
-                     torch.maximum(b[:, 0], b[:, 2]), torch.maximum(b[:, 1], b[:, 3])], 1)
+    b = torch.stack(
+        [
+            torch.minimum(b[:, 0], b[:, 2]),
+            torch.minimum(b[:, 1], b[:, 3]),
+            torch.maximum(b[:, 0], b[:, 2]),
+            torch.maximum(b[:, 1], b[:, 3]),
+        ],
+        1,
+    )
     integer_labels = not any(lab.is_floating_point() for lab in labels_l)
     return b, s, lab, model, w, weights, integer_labels
 
@@ -65,7 +79,11 @@ def _iou_with(fused: Tensor, box: Tensor) -> Tensor:
     w = (torch.minimum(fused[:, 2], box[2]) - torch.maximum(fused[:, 0], box[0])).clamp(min=0)
     h = (torch.minimum(fused[:, 3], box[3]) - torch.maximum(fused[:, 1], box[1])).clamp(min=0)
     inter = w * h
-    union = (fused[:, 2] - fused[:, 0]) * (fused[:, 3] - fused[:, 1]) + (box[2] - box[0]) * (box[3] - box[1]) - inter
+    union = (
+        (fused[:, 2] - fused[:, 0]) * (fused[:, 3] - fused[:, 1])
+        + (box[2] - box[0]) * (box[3] - box[1])
+        - inter
+    )
     return inter / union  # zero-area boxes are skipped, so union > 0
 
 
@@ -112,8 +130,12 @@ def weighted_boxes_fusion(
     iou_threshold = check_real(iou_threshold, "iou_threshold")
     skip_box_threshold = check_real(skip_box_threshold, "skip_box_threshold")
     if conf_type not in CONF_TYPES:
-        raise ValueError(f"conf_type must be one of {', '.join(map(repr, CONF_TYPES))}, got {conf_type!r}")
-    b, s, lab, model, w, weights, integer_labels = _model_inputs(boxes_list, scores_list, labels_list, weights)
+        raise ValueError(
+            f"conf_type must be one of {', '.join(map(repr, CONF_TYPES))}, got {conf_type!r}"
+        )
+    b, s, lab, model, w, weights, integer_labels = _model_inputs(
+        boxes_list, scores_list, labels_list, weights
+    )
     use = (s >= skip_box_threshold) & ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) != 0)
     b, s, lab, model, w = b[use], s[use] * w[use], lab[use], model[use], w[use]
     out_boxes, out_scores, out_labels = [], [], []
@@ -131,7 +153,7 @@ def weighted_boxes_fusion(
                 best = j if float(iou[j]) > iou_threshold else -1
             if best < 0:
                 members.append([i])
-                fused = torch.cat([fused, b[i:i + 1]])
+                fused = torch.cat([fused, b[i : i + 1]])
             else:
                 members[best].append(i)
                 idx = torch.tensor(members[best])
@@ -149,7 +171,9 @@ def weighted_boxes_fusion(
                 absent[models] = False
                 score = float(conf.sum()) / (w_c + float(weights[absent].sum()))
             else:
-                score = float(conf.mean()) * (t if allows_overflow else min(t, num_models)) / total_w
+                score = (
+                    float(conf.mean()) * (t if allows_overflow else min(t, num_models)) / total_w
+                )
             out_boxes.append(fused[k])
             out_scores.append(score)
             out_labels.append(label)
