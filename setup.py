@@ -31,5 +31,6 @@ setup(
         "packaging",
         "black",
     ],
-    extras_require={"dev": ["pytest", "pytest-timeout"]},
+    # ensemble-boxes: the Weighted Boxes Fusion reference that tests/test_nms_variants.py compares with
+    extras_require={"dev": ["pytest", "pytest-timeout", "ensemble-boxes"]},
 )

@@ -19,8 +19,10 @@ CSV file (``--output``, default ``output/benchmarks/nms.csv``).
 CPU runs use one torch thread by default (torchvision's CPU NMS kernel is single-threaded, and on a
 shared machine the small multi-threaded ops mostly measure contention) and then time process CPU
 time, which other processes barely disturb; CUDA runs time the wall clock after a synchronize.
-Variants slower than ``--slow-budget`` seconds over all repeats get 3 repeats. The default grid
-(4 sizes x 2 class counts) runs in about a minute on a 2-core CPU. The last line checks the
+Variants slower than ``--slow-budget`` seconds over all repeats get 3 repeats. Every registered
+NMS type beyond the four above is timed too, called through the registry with its config
+defaults ("type diou", "type cluster", ...). The default grid (4 sizes x 2 class counts) runs in
+about 5 minutes on a 2-core CPU, most of it the dense matrix types at 20k boxes of one class. The last line checks the
 targets: score-fused within 1.3x and IoU-guided within 3x torchvision at 80 classes, 2k and 20k boxes.
 """
 
@@ -44,7 +46,17 @@ from benchmarks.timing import (  # noqa: E402
     set_threads,
     time_call,
 )
-from iou_aware.nms import batched_nms, iou_guided_nms, score_fused_nms, soft_nms  # noqa: E402
+from iou_aware.nms import (  # noqa: E402
+    NMS_REGISTRY,
+    batched_nms,
+    iou_guided_nms,
+    score_fused_nms,
+    soft_nms,
+)
+
+# Registered types timed through their public functions in variants(); every other registered
+# type is timed through the registry with its config defaults ("type <name>").
+TIMED_BY_FUNCTION = ("standard", "score_fused", "iou_guided", "soft")
 
 IMAGE_W, IMAGE_H = 1333, 800
 
@@ -110,7 +122,25 @@ def variants(iou_threshold):
             "soft_nms linear",
             lambda b, s, i, c: soft_nms(b, s, c, method="linear", iou_threshold=0.3),
         ),
-    ]
+    ] + registered_variants(iou_threshold)
+
+
+def registered_variants(iou_threshold):
+    """Every registered NMS type not in TIMED_BY_FUNCTION, called as the detectors call it: with
+    its config keys' defaults (and the predicted IoUs for types that take them)."""
+    out = []
+    for name in NMS_REGISTRY.names():
+        if name in TIMED_BY_FUNCTION:
+            continue
+        entry = NMS_REGISTRY.get(name)
+        kwargs = NMS_REGISTRY.arguments(name, {})
+        needs_ious = bool(entry.meta.get("needs_ious", False))
+
+        def call(b, s, i, c, fn=entry.fn, kwargs=kwargs, needs_ious=needs_ious):
+            return fn(b, s, c, iou_threshold, **kwargs, **({"ious": i} if needs_ious else {}))
+
+        out.append((f"type {name}", call))
+    return out
 
 
 def bench_config(

@@ -71,7 +71,9 @@ def add_iou_aware_config(cfg):
 
     # NMS at inference: any name of iou_aware.nms.NMS_REGISTRY: "standard" (stock per-class NMS),
     # "score_fused" (score^(1-a) * iou^a, then NMS), "iou_guided" (IoU-Net Alg. 1: rank by predicted
-    # IoU, keep the cluster's best score), "soft" (Bodla et al.), or one added with
+    # IoU, keep the cluster's best score), "soft" (Bodla et al.), "diou" (DIoU-NMS), "cluster"
+    # (Cluster-NMS and its variants), "matrix" (Matrix NMS), "weighted" (weighted NMS: merged
+    # boxes), "score_voting" (NMS, then PAA's score voting of the kept boxes), or one added with
     # iou_aware.nms.register_nms. IoU threshold: the detector's NMS_THRESH_TEST. Types registered
     # with needs_ious (score_fused, iou_guided) need IOU_HEAD.ENABLED. The keys of every registered
     # type (NMS.FUSION_ALPHA, NMS.SOFT_METHOD, NMS.SOFT_SIGMA, NMS.SOFT_SCORE_THRESH, ...) are added

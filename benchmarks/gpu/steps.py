@@ -300,7 +300,9 @@ def step_training(a):
         head = os.path.join(COCO, f"{stock}_{IOU_HEAD_METHOD}.yaml")
         own = setup_cfg(head).MODEL.IOU_AWARE.NMS.TYPE  # measured as the method itself
         others = [n for n in NMS_REGISTRY.names() if n != own]
-        for nms in others[-1:] if a.quick else others:
+        # --quick: one other type, soft-NMS (sequential, the costliest at detector sizes)
+        quick = ["soft"] if "soft" in others else others[-1:]
+        for nms in quick if a.quick else others:
             configs.append(wrapper_config(a, f"{stock}_{IOU_HEAD_METHOD}_nms_{nms}", head,
                                           f"MODEL:\n  IOU_AWARE:\n    NMS:\n      TYPE: \"{nms}\"\n"))
     out_csv = os.path.join(a.scratch, "training.csv")

@@ -32,10 +32,14 @@ import inspect
 from typing import Callable, Optional
 
 from ..registry import Param, ParamsSpec, Registry
+from . import cluster as _cluster
 from . import iou_guided as _iou_guided
 from . import score_fused as _score_fused
 from . import soft as _soft
 from . import standard as _standard
+from .diou import diou_nms
+from .matrix import matrix_nms
+from .merge import score_voting_nms, weighted_nms
 
 __all__ = ["NMS_REGISTRY", "register_nms", "nms_needs_ious"]
 
@@ -93,8 +97,18 @@ def _positive(value) -> Optional[str]:
     return None if value > 0 else "must be > 0"
 
 
-def _soft_method(value) -> Optional[str]:
-    return None if value in ("gaussian", "linear") else "valid values are: 'gaussian', 'linear'"
+def _one_of(*valid):
+    def check(value) -> Optional[str]:
+        return None if value in valid else "valid values are: " + ", ".join(repr(v) for v in valid)
+
+    return check
+
+
+_soft_method = _one_of("gaussian", "linear")
+
+
+def _none_if_negative(value):
+    return None if value < 0 else value
 
 
 @register_nms("standard")
@@ -138,3 +152,59 @@ def _run_soft(boxes, scores, idxs, iou_threshold, method="gaussian", sigma=0.5, 
         boxes, scores, idxs, sigma=sigma, iou_threshold=iou_threshold, method=method,
         score_threshold=score_threshold,
     )
+
+
+# The variants below are registered as they are: their signatures already follow the protocol
+# (extra options keyword-only, with defaults; class_agnostic / max_det keep theirs).
+_DIOU_BETA = Param("NMS.DIOU_BETA", "beta", check=_positive,
+                   help="diou, cluster with CLUSTER_CRITERION diou: power of rho^2 / c^2 in "
+                   "IoU - (rho^2 / c^2)^beta (1: Zheng et al. AAAI 2020)")
+register_nms("diou", diou_nms, params=[_DIOU_BETA])
+register_nms(
+    "cluster",
+    _cluster.cluster_nms,
+    params=[
+        Param("NMS.CLUSTER_CRITERION", "criterion", check=_one_of(*_cluster.CRITERIA),
+              help='cluster: "iou" or "diou" (IoU - (rho^2 / c^2)^DIOU_BETA) '
+              "suppresses"),
+        _DIOU_BETA,
+        Param("NMS.CLUSTER_PENALTY", "penalty", check=_one_of(*_cluster.PENALTIES),
+              help='cluster: "none" (remove), "score" (decay s * prod exp(-IoU^2 / sigma)), '
+              '"score_distance" (decay by min(exp(-IoU^2 / sigma) + D^beta, 1))'),
+        Param("NMS.CLUSTER_SIGMA", "sigma", check=_positive, help="cluster, penalty: sigma, > 0"),
+        Param("NMS.CLUSTER_DISTANCE_BETA", "distance_beta", check=_positive,
+              help="cluster, score_distance: power beta of D = rho^2 / c^2, > 0"),
+        Param("NMS.CLUSTER_WEIGHTED", "weighted", check=_one_of(True, False),
+              help="cluster: kept boxes become the weighted mean of the lower boxes they overlap "
+              "above CLUSTER_WEIGHTED_THRESH (the output boxes change)"),
+        Param("NMS.CLUSTER_WEIGHTED_THRESH", "weighted_threshold", check=_in_unit_interval,
+              help="cluster, weighted: IoU above which a box takes part in a kept box's mean"),
+        Param("NMS.CLUSTER_SCORE_THRESH", "score_threshold", default=-1.0,
+              to_arg=_none_if_negative,
+              help="cluster: drop boxes whose output score is below this (< 0: none)"),
+    ],
+)
+register_nms(
+    "matrix",
+    matrix_nms,
+    params=[
+        Param("NMS.MATRIX_KERNEL", "kernel", check=_one_of("gaussian", "linear"),
+              help='matrix: decay kernel, "gaussian" exp(-sigma * iou^2) or "linear" 1 - iou'),
+        Param("NMS.MATRIX_SIGMA", "sigma", check=_positive, help="matrix, gaussian: sigma, > 0"),
+        Param("NMS.MATRIX_SCORE_THRESH", "score_threshold",
+              help="matrix: drop boxes whose decayed score falls below"),
+    ],
+)
+register_nms(
+    "weighted",
+    weighted_nms,
+    params=[Param("NMS.WEIGHTED_MODE", "mode", check=_one_of("score_iou", "score"),
+                  help='weighted: box weights "score_iou" (s * IoU, Zhou et al. 2017) '
+                  'or "score" (s)')],
+)
+register_nms(
+    "score_voting",
+    score_voting_nms,
+    params=[Param("NMS.VOTING_SIGMA", "sigma", check=_positive,
+                  help="score_voting: sigma_t of exp(-(1 - IoU)^2 / sigma_t), > 0 (PAA: 0.025)")],
+)
