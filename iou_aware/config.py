@@ -28,7 +28,8 @@ def add_iou_aware_config(cfg):
     cfg.DATASETS.SYNTHETIC.IMAGE_SIZE = 128  # square images, pixels
     cfg.DATASETS.SYNTHETIC.SEED = 0  # generator seed (train and val derive their own)
 
-    # --- IoU-aware detectors: META_ARCHITECTURE "IoUAwareRetinaNet" or ROI_HEADS.NAME "IoUAwareROIHeads"
+    # --- IoU-aware detectors: META_ARCHITECTURE "IoUAwareRetinaNet" / "IoUAwareFCOS", or ROI_HEADS.NAME
+    # "IoUAwareROIHeads"; set on any other model these keys are refused (check_iou_aware_keys_used)
     _C = cfg.MODEL.IOU_AWARE = CN()
 
     # Box regression loss: "" = the detector's stock loss (RetinaNet.BBOX_REG_LOSS_TYPE /
