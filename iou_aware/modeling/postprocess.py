@@ -25,10 +25,6 @@ class NMSConfig:
         name = type_override or c.NMS.TYPE
         return cls(type=name, iou_threshold=iou_threshold, values=registered_values(c, NMS_REGISTRY, name))
 
-    @property
-    def needs_ious(self) -> bool:
-        return nms_needs_ious(self.type)
-
 
 def run_nms(
     cfg: NMSConfig, boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor,
