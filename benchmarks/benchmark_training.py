@@ -109,6 +109,7 @@ SYNTHETIC = "configs/synthetic"
 STOCK_CONFIGS = {
     "RetinaNet": f"{SYNTHETIC}/retinanet_R18_FPN.yaml",
     "Faster R-CNN": f"{SYNTHETIC}/faster_rcnn_R18_FPN.yaml",
+    "FCOS": f"{SYNTHETIC}/fcos_R18_FPN.yaml",
 }
 DEFAULT_CONFIGS = [
     f"{SYNTHETIC}/retinanet_R18_FPN_{m}.yaml"
@@ -134,11 +135,14 @@ def detector_of(cfg) -> str:
         return "RetinaNet"
     if arch == "GeneralizedRCNN":
         return "Faster R-CNN"
-    raise ValueError(f"{arch!r}: only RetinaNet and GeneralizedRCNN configs are benchmarked")
+    if "FCOS" in arch:
+        return "FCOS"
+    raise ValueError(f"{arch!r}: only RetinaNet, FCOS and GeneralizedRCNN configs are benchmarked")
 
 
 STOCK_PREFIXES = (
     "retinanet_R18_FPN", "faster_rcnn_R18_FPN", "retinanet_R_50_FPN_1x", "faster_rcnn_R_50_FPN_1x",
+    "fcos_R18_FPN", "fcos_R_50_FPN_1x",
 )
 # keys that must agree between a method and its stock detector
 SAME_SETTING_KEYS = (
@@ -189,7 +193,8 @@ def bench_opts(args) -> List[str]:
     opts = ["MODEL.DEVICE", args.device, "MODEL.WEIGHTS", ""]
     if args.infer_score_thresh != "config":
         t = str(float(args.infer_score_thresh))
-        opts += ["MODEL.RETINANET.SCORE_THRESH_TEST", t, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", t]
+        opts += ["MODEL.RETINANET.SCORE_THRESH_TEST", t, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", t,
+                 "MODEL.FCOS.SCORE_THRESH_TEST", t]
     return opts + list(args.opts)
 
 
@@ -215,7 +220,7 @@ class Entry:
         lr = cfg.SOLVER.BASE_LR * cfg.SOLVER.WARMUP_FACTOR
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr"] / cfg.SOLVER.BASE_LR
-        if detector == "RetinaNet":
+        if detector in ("RetinaNet", "FCOS"):
             owner, loss_name, post_name = model, "forward_training", "forward_inference"
         else:
             owner = model.roi_heads.box_predictor

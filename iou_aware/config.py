@@ -81,6 +81,13 @@ def add_iou_aware_config(cfg):
     # with their defaults; their help texts are in iou_aware/nms/registry.py.
     _C.NMS = CN()
     _C.NMS.TYPE = "standard"
+    # For every type, in this order (docs/nms.md, "Order of the inference steps"): candidates above
+    # the detector's SCORE_THRESH_TEST, at most TOPK_CANDIDATES_TEST per level (dense detectors);
+    # the NMS of NMS.TYPE at NMS_THRESH_TEST, per class unless CLASS_AGNOSTIC; then the output
+    # scores (which soft, Matrix and score-fused NMS change) at least OUTPUT_SCORE_THRESH; then the
+    # DETECTIONS_PER_IMAGE best.
+    _C.NMS.CLASS_AGNOSTIC = False  # suppress across classes (each box keeps its own class)
+    _C.NMS.OUTPUT_SCORE_THRESH = 0.0  # drop NMS outputs whose output score is below this
     add_registered_keys(_C, NMS_REGISTRY)
     _add_one_stage_keys(cfg)
     return cfg
@@ -259,6 +266,10 @@ def validate_iou_aware_config(cfg):
     if nms_needs_ious(c.NMS.TYPE) and not predicts_iou(cfg):
         _fail("NMS.TYPE", f"{c.NMS.TYPE!r} NMS uses the predicted IoUs: it needs "
               "MODEL.IOU_AWARE.IOU_HEAD.ENABLED True (IoUAwareFCOS: MODEL.IOU_AWARE.QUALITY 'iou')")
+    if not isinstance(c.NMS.CLASS_AGNOSTIC, bool):
+        _fail("NMS.CLASS_AGNOSTIC", f"must be True or False, got {c.NMS.CLASS_AGNOSTIC!r}")
+    if not 0.0 <= c.NMS.OUTPUT_SCORE_THRESH <= 1.0:
+        _fail("NMS.OUTPUT_SCORE_THRESH", f"must be in [0, 1], got {c.NMS.OUTPUT_SCORE_THRESH}")
     validate_registered_keys(c, NMS_REGISTRY)
 
 

@@ -406,6 +406,32 @@ def test_soft_nms_without_precomputed_multipliers(method, monkeypatch):
         _assert_result(keep, new, ref_keep, ref_scores, exact=False)
 
 
+@pytest.mark.parametrize("method", ["gaussian", "linear"])
+@pytest.mark.parametrize("dense_elements", [None, 0])  # precomputed multipliers, or on the fly
+@pytest.mark.parametrize("sync_every", [1, 3, 10**9])  # 10**9: all `width` steps, no early stop
+def test_soft_nms_steps_without_host_sync(method, dense_elements, sync_every, monkeypatch):
+    # the path CUDA takes (one pick per class per step, no value read back inside a step), run on
+    # the CPU here: Bodla et al.'s result like the adaptive CPU path
+    from iou_aware.nms import soft as nms_module
+
+    monkeypatch.setattr(nms_module, "_SYNC_FREE_DEVICES", ("cpu",))
+    monkeypatch.setattr(nms_module, "_SYNC_EVERY", sync_every)
+    if dense_elements is not None:
+        monkeypatch.setattr(nms_module, "_SOFT_NMS_DENSE_ELEMENTS", dense_elements)
+    params = dict(sigma=0.5, iou_threshold=0.3, score_threshold=0.001)
+    for seed in range(6):
+        boxes, scores, _, idxs = clustered_boxes(
+            700 + seed, 40 + 13 * seed, num_classes=1 + seed % 4, dtype=torch.float64
+        )
+        keep, new = soft_nms(boxes, scores, idxs, method=method, **params)
+        ref_keep, ref_scores = reference_soft_nms(boxes, scores, idxs, method=method, **params)
+        _assert_result(keep, new, ref_keep, ref_scores, exact=False)
+    tie_boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0]] * 4 + [[20.0, 20.0, 30.0, 30.0]] * 2)
+    tie_scores = torch.tensor([0.5, 0.9, 0.5, 0.9, 0.7, 0.7])
+    keep, _ = soft_nms(tie_boxes, tie_scores, torch.zeros(6, dtype=torch.long), method="gaussian")
+    assert keep.tolist() == [1, 4, 3, 5, 0, 2]
+
+
 def test_soft_nms_identical_boxes_ties():
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0]] * 4 + [[20.0, 20.0, 30.0, 30.0]] * 2)
     scores = torch.tensor([0.5, 0.9, 0.5, 0.9, 0.7, 0.7])

@@ -122,7 +122,7 @@ class IoUAwareFCOS(DenseIoUAwareMixin, FCOS):
             self.quality == "centerness" and self.quality_loss == "bce" and self.quality_loss_weight == 1.0
         )
         self.stock_inference = self.quality == "centerness" and self.fusion_alpha == 0.5 and (
-            nms_cfg is None or nms_cfg.type == "standard"
+            nms_cfg is None or nms_cfg.is_stock
         )
 
     @classmethod

@@ -12,31 +12,55 @@ from ..nms import NMS_REGISTRY, nms_needs_ious
 
 @dataclass(frozen=True)
 class NMSConfig:
-    """The NMS type, the detector's IoU threshold and the type's config values
-    (``{dotted key under MODEL.IOU_AWARE: value}``, e.g. ``{"NMS.FUSION_ALPHA": 0.5}``)."""
+    """The NMS type, the detector's IoU threshold, the type's config values
+    (``{dotted key under MODEL.IOU_AWARE: value}``, e.g. ``{"NMS.FUSION_ALPHA": 0.5}``), and the
+    options of every type: suppression across classes (``NMS.CLASS_AGNOSTIC``) and the threshold
+    on the output scores (``NMS.OUTPUT_SCORE_THRESH``)."""
 
     type: str = "standard"
     iou_threshold: float = 0.5
     values: Dict[str, Any] = field(default_factory=dict)
+    class_agnostic: bool = False
+    output_score_thresh: float = 0.0
 
     @classmethod
     def from_config(cls, cfg, iou_threshold: float, type_override: Optional[str] = None):
         c = cfg.MODEL.IOU_AWARE
         name = type_override or c.NMS.TYPE
-        return cls(type=name, iou_threshold=iou_threshold, values=registered_values(c, NMS_REGISTRY, name))
+        return cls(
+            type=name, iou_threshold=iou_threshold, values=registered_values(c, NMS_REGISTRY, name),
+            class_agnostic=c.NMS.CLASS_AGNOSTIC, output_score_thresh=c.NMS.OUTPUT_SCORE_THRESH,
+        )
+
+    @property
+    def is_stock(self) -> bool:
+        """Detectron2's own per-class NMS would give the same detections."""
+        return self.type == "standard" and not self.class_agnostic and self.output_score_thresh <= 0
 
 
 def run_nms(
     cfg: NMSConfig, boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor,
     ious: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Class-aware NMS of the configured type: ``(keep, out_scores, out_boxes)``, best first.
+    """The configured NMS: ``(keep, out_scores, out_boxes)``, best first.
 
-    ``out_scores`` are what the detector outputs: the classification score (standard), the fused
-    score (score_fused), the cluster's best classification score (iou_guided), the decayed score
-    (soft), or what a registered type returns. ``out_boxes`` are ``boxes[keep]``, or the boxes a
-    type returns as its third value (box fusion).
+    Per class, or across classes with ``class_agnostic`` (every box in one group; the caller keeps
+    each box's own class). ``out_scores`` are what the detector outputs: the classification score
+    (standard), the fused score (score_fused), the cluster's best classification score
+    (iou_guided), the decayed score (soft), or what a registered type returns; outputs whose score
+    is below ``output_score_thresh`` are dropped, after the NMS (the caller then keeps the best
+    DETECTIONS_PER_IMAGE). ``out_boxes`` are ``boxes[keep]``, or the boxes a type returns as its
+    third value (box fusion).
     """
+    groups = torch.zeros_like(classes) if cfg.class_agnostic else classes
+    keep, out_scores, out_boxes = _run_type(cfg, boxes, scores, groups, ious)
+    if cfg.output_score_thresh > 0:
+        ok = out_scores >= cfg.output_score_thresh
+        keep, out_scores, out_boxes = keep[ok], out_scores[ok], out_boxes[ok]
+    return keep, out_scores, out_boxes
+
+
+def _run_type(cfg: NMSConfig, boxes, scores, classes, ious):
     entry = NMS_REGISTRY.get(cfg.type)
     kwargs = NMS_REGISTRY.arguments(cfg.type, cfg.values)
     if nms_needs_ious(cfg.type):

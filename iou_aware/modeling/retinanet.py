@@ -101,7 +101,7 @@ class IoUAwareRetinaNet(DenseIoUAwareMixin, RetinaNet):
 
     # ------------------------------------------------------------------------------ inference
     def forward_inference(self, images, features, predictions):
-        if not self.iou_head and self.nms_cfg.type == "standard":
+        if not self.iou_head and self.nms_cfg.is_stock:
             return super().forward_inference(images, features, predictions)
         preds = self._transpose_dense_predictions(predictions, self._dims())
         pred_logits, pred_deltas = preds[0], preds[1]

@@ -105,7 +105,7 @@ class IoUAwareFastRCNNOutputLayers(IoUAwareMixin, FastRCNNOutputLayers):
 
     # ------------------------------------------------------------------------------ inference
     def inference(self, predictions, proposals: List[Instances]):
-        if not self.iou_head and self.nms_cfg.type == "standard":
+        if not self.iou_head and self.nms_cfg.is_stock:
             return super().inference(predictions[:2], proposals)
         boxes = self.predict_boxes(predictions[:2], proposals)
         scores = self.predict_probs(predictions[:2], proposals)

@@ -25,6 +25,10 @@ from ._common import (
 _SOFT_NMS_DENSE_ELEMENTS = 1 << 20
 # Multi-pick steps only with at most this many classes left: fewer steps vs. dearer steps.
 _SOFT_NMS_MULTI_PICK_MAX_CLASSES = 16
+# Devices on which the steps run without reading a value back per step (_steps_without_sync), and
+# how many steps run between two checks whether any box is left.
+_SYNC_FREE_DEVICES = ("cuda",)
+_SYNC_EVERY = 16
 
 
 def _iou_rows(a: Tensor, area_a: Tensor, b: Tensor, area_b: Tensor) -> Tensor:
@@ -75,7 +79,8 @@ def soft_nms(
     Vectorized across classes: one padded row per class, every step picks in all classes at once,
     and with few classes left a step may take several picks of a class, exactly those the
     sequential algorithm takes next (``docs/nms.md``, "Soft-NMS"); scores agree with the
-    sequential algorithm to rounding.
+    sequential algorithm to rounding. On CUDA the steps take one pick per class and read nothing
+    back to the host inside a step (:func:`_steps_without_sync`).
     """
     check_inputs(boxes, scores=scores, idxs=idxs)
     if method not in ("gaussian", "linear"):
@@ -122,6 +127,14 @@ def soft_nms(
     M = None
     if rows * width * width <= _SOFT_NMS_DENSE_ELEMENTS:
         M = weights_of(B, A)
+
+    if device.type in _SYNC_FREE_DEVICES:
+        def multipliers(cols: Tensor) -> Tensor:
+            if M is not None:
+                return M.gather(1, cols.unsqueeze(2).expand(-1, -1, width)).squeeze(1)
+            return weights_of(B.gather(2, cols.unsqueeze(0).expand(4, -1, -1)), A.gather(1, cols)).squeeze(1)
+
+        return _steps_without_sync(S, index, multipliers, score_threshold)
 
     out_index: List[Tensor] = []
     out_score: List[Tensor] = []
@@ -237,3 +250,29 @@ def soft_nms(
     keep = torch.cat(out_index)
     new_scores = torch.cat(out_score)
     return order_by_score(keep, new_scores)
+
+
+def _steps_without_sync(S: Tensor, index: Tensor, multipliers, score_threshold: float):
+    """The sequential steps of soft-NMS (one pick per class per step, as the adaptive loop's
+    one-pick steps), with no value read back to the host inside a step: on CUDA the kernels of
+    many steps queue up instead of waiting for each step's stopping test. Runs at most ``width``
+    steps (every pick retires a box) and tests whether any box is left every ``_SYNC_EVERY`` steps.
+
+    ``S`` (R, W): current scores, ``-inf`` for retired boxes and padding; ``index`` (R, W): input
+    index of each slot; ``multipliers(cols)`` (R, W): the decay that the pick ``cols`` (R, 1) of
+    each row applies to its row. A row without a live box picks a retired slot, outputs nothing
+    and changes nothing that is output (its scores stay ``-inf``)."""
+    width = S.shape[1]
+    picked_index, picked_score = [], []
+    for step in range(width):
+        cols = S.argmax(dim=1, keepdim=True)  # first occurrence: lowest index wins ties
+        picked_index.append(index.gather(1, cols))
+        picked_score.append(S.gather(1, cols))
+        S.mul_(multipliers(cols))
+        S.scatter_(1, cols, -math.inf)
+        S.masked_fill_(~(S >= score_threshold), -math.inf)  # also NaN (-inf times a zero weight)
+        if (step + 1) % _SYNC_EVERY == 0 and not bool(torch.isfinite(S).any()):
+            break
+    index, scores = torch.cat(picked_index, 1), torch.cat(picked_score, 1)
+    out = scores >= score_threshold
+    return order_by_score(index[out], scores[out])
