@@ -2,7 +2,8 @@
 
 Defaults reproduce stock Detectron2 exactly: an unchanged config trains the stock detector.
 ``validate_iou_aware_config(cfg)`` (called when an IoU-aware model is built) rejects invalid values
-and combinations with a message that names the key.
+and combinations with a message that names the key; ``validate_tta_config(cfg)`` (called by
+``iou_aware.engine.setup_cfg`` and the TTA wrapper) checks ``TEST.AUG.MERGE_TYPE``.
 """
 
 from detectron2.config import CfgNode as CN
@@ -90,6 +91,15 @@ def add_iou_aware_config(cfg):
     _C.NMS.OUTPUT_SCORE_THRESH = 0.0  # drop NMS outputs whose output score is below this
     add_registered_keys(_C, NMS_REGISTRY)
     _add_one_stage_keys(cfg)
+
+    # --- Test-time augmentation (iou_aware.modeling.tta.IoUAwareTTA; every detector) --------------
+    # TEST.AUG.{ENABLED, MIN_SIZES, MAX_SIZE, FLIP} are Detectron2's: with ENABLED, tools/train_net.py
+    # also evaluates every TEST dataset with TTA after training and with --eval-only (result keys
+    # suffixed "_TTA"). MERGE_TYPE: how the augmentations' detections (mapped back to the original
+    # image) are merged: "" = the model's MODEL.IOU_AWARE.NMS.TYPE, any name of
+    # iou_aware.nms.NMS_REGISTRY (with its MODEL.IOU_AWARE.NMS.* keys), or "wbf" (Weighted Boxes
+    # Fusion, Solovyev et al. 2021). IoU threshold: the detector's NMS_THRESH_TEST.
+    cfg.TEST.AUG.MERGE_TYPE = ""
     return cfg
 
 
@@ -271,6 +281,35 @@ def validate_iou_aware_config(cfg):
     if not 0.0 <= c.NMS.OUTPUT_SCORE_THRESH <= 1.0:
         _fail("NMS.OUTPUT_SCORE_THRESH", f"must be in [0, 1], got {c.NMS.OUTPUT_SCORE_THRESH}")
     validate_registered_keys(c, NMS_REGISTRY)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Test-time augmentation: TEST.AUG.MERGE_TYPE
+
+TTA_WBF = "wbf"
+
+
+def merge_type_needs_ious(name) -> bool:
+    """Whether the TTA merge type ``name`` (a registered NMS type) uses the predicted IoUs."""
+    return name != TTA_WBF and name in NMS_REGISTRY and nms_needs_ious(name)
+
+
+def validate_tta_config(cfg):
+    """Check ``TEST.AUG``: a known MERGE_TYPE, one the model can feed (IoU-using types need an IoU
+    prediction), and at least one size; raise ValueError naming the key and the valid values."""
+    a = cfg.TEST.AUG
+    merge = a.MERGE_TYPE
+    if merge != TTA_WBF and merge and merge not in NMS_REGISTRY:
+        valid = ["'' (the model's MODEL.IOU_AWARE.NMS.TYPE)", f"{TTA_WBF!r} (Weighted Boxes Fusion)",
+                 *(repr(n) for n in sorted(NMS_REGISTRY))]
+        raise ValueError(f"TEST.AUG.MERGE_TYPE: unknown merge type {merge!r}; valid values are: "
+                         + ", ".join(valid) + " (iou_aware.nms.register_nms adds more)")
+    if merge_type_needs_ious(merge) and not predicts_iou(cfg):
+        raise ValueError(f"TEST.AUG.MERGE_TYPE {merge!r} merges by the predicted IoUs: it needs "
+                         "MODEL.IOU_AWARE.IOU_HEAD.ENABLED True (IoUAwareFCOS: MODEL.IOU_AWARE.QUALITY "
+                         "'iou'); or choose a merge type without IoUs, e.g. 'standard' or 'wbf'")
+    if len(a.MIN_SIZES) == 0 or min(a.MIN_SIZES) < 1:
+        raise ValueError(f"TEST.AUG.MIN_SIZES: one or more short-side sizes >= 1, got {tuple(a.MIN_SIZES)}")
 
 
 # ---------------------------------------------------------------------------------------------------

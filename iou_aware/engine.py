@@ -9,11 +9,13 @@ newest readable one (``iou_aware.checkpoint.SafeCheckpointer``) and stops a dive
 import contextlib
 import logging
 import os
+from collections import OrderedDict
 
 import torch
 import yacs.config
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.engine import defaults as d2_defaults
@@ -23,10 +25,11 @@ from detectron2.utils import comm
 
 from . import modeling  # noqa: F401  (registers IoUAwareRetinaNet, IoUAwareFCOS and IoUAwareROIHeads)
 from .checkpoint import SafeCheckpointer
-from .config import add_iou_aware_config, check_iou_aware_keys_used
+from .config import add_iou_aware_config, check_iou_aware_keys_used, validate_tta_config
 from .data import register_synthetic_datasets
 from .data.coco_files import register_coco_files
 from .divergence import DivergenceGuard
+from .modeling.tta import IoUAwareTTA
 
 logger = logging.getLogger("detectron2")
 
@@ -113,6 +116,23 @@ class Trainer(DefaultTrainer):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return IoUAwareCOCOEvaluator(dataset_name, output_dir=output_folder)
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """Evaluate ``model`` with test-time augmentation (``IoUAwareTTA``: ``TEST.AUG.*``) on every
+        ``DATASETS.TEST`` dataset, written under ``OUTPUT_DIR/inference_TTA/<dataset>``; the
+        results of :meth:`test` with each key suffixed ``_TTA`` (e.g. ``bbox_TTA``)."""
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        tta_model = IoUAwareTTA(cfg, model)
+        logger.info("Running inference with test-time augmentation (sizes %s, flip %s, merged by %r) ...",
+                    tuple(cfg.TEST.AUG.MIN_SIZES), cfg.TEST.AUG.FLIP, tta_model.merge_type)
+        evaluators = [
+            cls.build_evaluator(cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name))
+            for name in cfg.DATASETS.TEST
+        ]
+        results = cls.test(cfg, tta_model, evaluators)
+        return OrderedDict((f"{k}_TTA", v) for k, v in results.items())
 
 
 def num_classes_key(cfg):
@@ -220,7 +240,8 @@ def setup_cfg(config_file="", opts=(), args=None, coco_files=()):
 
     A whole number is accepted for a float key (``MODEL.IOU_AWARE.HIOU.GAMMA 1``). ``coco_files``
     (``--dataset NAME=JSON:IMAGE_ROOT``) are appended to ``DATASETS.COCO_FILES``. Raises
-    ValueError when ``MODEL.IOU_AWARE`` keys are set for a model that does not use them.
+    ValueError when ``MODEL.IOU_AWARE`` keys are set for a model that does not use them, or when
+    ``TEST.AUG.MERGE_TYPE`` is not valid (``validate_tta_config``).
     With ``args`` (from ``default_argument_parser``) it also runs Detectron2's ``default_setup``
     (logger, OUTPUT_DIR, config dump, seed). Datasets named by the config are registered.
     """
@@ -233,6 +254,7 @@ def setup_cfg(config_file="", opts=(), args=None, coco_files=()):
     # an entry given twice (the config dumped to OUTPUT_DIR, plus --dataset again) counts once
     cfg.DATASETS.COCO_FILES = list(dict.fromkeys([*cfg.DATASETS.COCO_FILES, *(coco_files or ())]))
     check_iou_aware_keys_used(cfg)
+    validate_tta_config(cfg)
     if not torch.cuda.is_available() and cfg.MODEL.DEVICE.startswith("cuda"):
         logger.warning("CUDA is not available: MODEL.DEVICE %s -> cpu", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"

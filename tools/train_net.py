@@ -14,14 +14,16 @@ On a machine without a GPU ``--num-gpus N`` starts N CPU processes (gloo backend
 processes than GPUs, ``IOU_AWARE_SHARE_GPUS=1`` lets them share the GPUs over gloo (a test of the
 distributed path; ``iou_aware.engine.launch``).
 ``--dataset NAME=JSON:IMAGE_ROOT`` (repeatable) registers a COCO-format json and its image folder
-under NAME (the command-line form of DATASETS.COCO_FILES). Configuration and checkpoint errors end
+under NAME (the command-line form of DATASETS.COCO_FILES). With ``TEST.AUG.ENABLED True`` every
+TEST dataset is also evaluated with test-time augmentation (``Trainer.test_with_TTA``, keys
+``TEST.AUG.*``) after training and with ``--eval-only``. Configuration and checkpoint errors end
 with ``error: ...`` and exit code 2.
 """
 
 import contextlib
 import sys
 
-from detectron2.engine import default_argument_parser
+from detectron2.engine import default_argument_parser, hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
@@ -56,6 +58,8 @@ def main(args):
         with clean_errors():
             load_weights_for_evaluation(model, cfg, resume=args.resume)
         res = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            res.update(Trainer.test_with_TTA(cfg, model))
         if comm.is_main_process():
             verify_results(cfg, res)
         return res
@@ -63,6 +67,8 @@ def main(args):
     trainer = Trainer(cfg)
     with clean_errors():
         trainer.resume_or_load(resume=args.resume)
+    if cfg.TEST.AUG.ENABLED:
+        trainer.register_hooks([hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))])
     return trainer.train()
 
 
