@@ -96,10 +96,12 @@ def add_iou_aware_config(cfg):
     # TEST.AUG.{ENABLED, MIN_SIZES, MAX_SIZE, FLIP} are Detectron2's: with ENABLED, tools/train_net.py
     # also evaluates every TEST dataset with TTA after training and with --eval-only (result keys
     # suffixed "_TTA"). MERGE_TYPE: how the augmentations' detections (mapped back to the original
-    # image) are merged: "" = the model's MODEL.IOU_AWARE.NMS.TYPE, any name of
-    # iou_aware.nms.NMS_REGISTRY (with its MODEL.IOU_AWARE.NMS.* keys), or "wbf" (Weighted Boxes
-    # Fusion, Solovyev et al. 2021). IoU threshold: the detector's NMS_THRESH_TEST.
-    cfg.TEST.AUG.MERGE_TYPE = ""
+    # image) are merged: "standard" (Detectron2's own merge: per-class NMS), any name of
+    # iou_aware.nms.NMS_REGISTRY (with its MODEL.IOU_AWARE.NMS.* keys), "" = the model's
+    # MODEL.IOU_AWARE.NMS.TYPE, or "wbf" (Weighted Boxes Fusion, Solovyev et al. 2021). The merge
+    # sees the copies' output scores: types that change scores (score_fused, soft, matrix) change
+    # them a second time. IoU threshold: the detector's NMS_THRESH_TEST.
+    cfg.TEST.AUG.MERGE_TYPE = "standard"
     return cfg
 
 

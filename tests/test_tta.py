@@ -213,6 +213,13 @@ def test_every_merge_type_gives_finite_detections(merge, retinanet_with_iou_head
         assert ((out.pred_ious >= 0) & (out.pred_ious <= 1)).all()
 
 
+def test_merge_type_default_is_detectron2s_merge_and_empty_is_the_models_type(retinanet_with_iou_head):
+    soft = ["MODEL.IOU_AWARE.NMS.TYPE", "soft"]
+    assert IoUAwareTTA(make_cfg(RETINANET, *IOU_HEAD, *soft), retinanet_with_iou_head).merge_type == "standard"
+    own = make_cfg(RETINANET, *IOU_HEAD, *soft, "TEST.AUG.MERGE_TYPE", "")
+    assert IoUAwareTTA(own, retinanet_with_iou_head).merge_type == "soft"
+
+
 # --------------------------------------------------------------------- (e) errors name the key
 def test_unknown_merge_type_names_the_key():
     with pytest.raises(ValueError, match=r"TEST\.AUG\.MERGE_TYPE: unknown merge type 'nms'.*'wbf'.*'standard'"):
