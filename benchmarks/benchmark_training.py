@@ -3,7 +3,8 @@
 
 Every configuration named by ``--configs`` (default: the nine method configs of
 ``configs/synthetic/``) is compared with the stock detector of its family, the stock config in
-the same folder (``retinanet_R18_FPN.yaml`` or ``faster_rcnn_R18_FPN.yaml``): same backbone, input
+the same folder (``retinanet_R18_FPN.yaml``, ``faster_rcnn_R18_FPN.yaml`` or
+``fcos_R18_FPN.yaml``): same backbone, input
 size, batch and seed (checked), and the same initial weights wherever the shapes agree (the
 stock ``state_dict`` is copied into the IoU-aware model; only the IoU head's new layer keeps its
 own initialization).
@@ -25,7 +26,7 @@ so that a change of machine load hits both sides of the ratio alike.
   would leave NMS idle): the worst case for the NMS variants. ``--infer-score-thresh config``
   keeps the config's threshold. ``--weights`` loads a trained checkpoint into every model (where
   names and shapes match), so that inference sees a trained detector's candidates.
-- ``loss ms`` / ``post ms``: the (headline-clock) forward time of the loss computation (RetinaNet
+- ``loss ms`` / ``post ms``: the (headline-clock) forward time of the loss computation (RetinaNet and FCOS
   ``forward_training`` after the head, including anchor labelling; Faster R-CNN
   ``box_predictor.losses``) and of the post-processing (RetinaNet ``forward_inference``; Faster
   R-CNN ``box_predictor.inference``, the NMS included): where the methods differ from stock.

@@ -110,3 +110,18 @@ def test_load_matching_weights(tool, tmp_path):
     torch.save({"other.weight": torch.zeros(1)}, path)  # a bare state_dict with nothing in common
     with pytest.raises(SystemExit, match="no tensor matches"):
         tool.load_matching_weights(target, str(path), log=lambda m: None)
+
+
+def test_fcos_method_against_stock_fcos(tool, tiny_synthetic_opts, tmp_path):
+    # the one-stage configs are compared with IoUAwareFCOS at default keys (Detectron2's FCOS);
+    # Varifocal Loss drops the centerness branch: one 3x3 conv of FPN.OUT_CHANNELS inputs, 1 output
+    config = "configs/synthetic/fcos_R18_FPN_varifocal.yaml"
+    assert tool.method_name(config) == "varifocal"
+    assert tool.stock_config_for(config, "FCOS") == "configs/synthetic/fcos_R18_FPN.yaml"
+    out = tmp_path / "training.csv"
+    rows = tool.main(["--quick", "--configs", config, "--output", str(out), *tiny_synthetic_opts])
+    assert [(r["method"], r["detector"]) for r in rows] == [("stock", "FCOS"), ("varifocal", "FCOS")]
+    from iou_aware.engine import setup_cfg
+
+    channels = setup_cfg(config, list(tiny_synthetic_opts)).MODEL.FPN.OUT_CHANNELS
+    assert [int(r["extra_params"]) for r in rows] == [0, -(9 * channels + 1)]
