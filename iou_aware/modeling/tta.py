@@ -10,8 +10,8 @@ original image with the inverse transform and merges them with ``TEST.AUG.MERGE_
    boxes in the augmented image's pixels, before any clipping or rescaling of its postprocessing;
 2. each box mapped to the original image (``transforms.inverse().apply_box``);
 3. all augmentations' detections concatenated (``pred_ious`` when every augmentation has them) and
-   merged: ``""`` = the model's NMS type again, a name of ``iou_aware.nms.NMS_REGISTRY``, or
-   ``"wbf"`` (Weighted Boxes Fusion, Solovyev et al., Image and Vision Computing 2021, over the
+   merged: ``"standard"`` (the default, Detectron2's merge), a name of
+   ``iou_aware.nms.NMS_REGISTRY``, ``""`` = the model's NMS type again, or ``"wbf"`` (Weighted Boxes Fusion, Solovyev et al., Image and Vision Computing 2021, over the
    per-augmentation lists); IoU threshold: the detector's ``NMS_THRESH_TEST``;
 4. at most ``TEST.DETECTIONS_PER_IMAGE`` kept, clipped to the image, empty boxes dropped (as
    Detectron2's ``detector_postprocess``).
