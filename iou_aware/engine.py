@@ -9,6 +9,7 @@ newest readable one (``iou_aware.checkpoint.SafeCheckpointer``) and stops a dive
 import contextlib
 import logging
 import os
+import re
 from collections import OrderedDict
 
 import torch
@@ -218,16 +219,23 @@ def register_datasets_from_cfg(cfg):
 _YACS_COERCE = yacs.config._check_and_coerce_cfg_value_type
 
 
+# A decimal number in any notation: PyYAML reads `1e-3` (no dot) as the string "1e-3".
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
 def _coerce_int_to_float(replacement, original, key, full_key):
     if type(original) is float and type(replacement) is int:
+        return float(replacement)
+    if type(original) is float and isinstance(replacement, str) and _NUMBER.fullmatch(replacement.strip()):
         return float(replacement)
     return _YACS_COERCE(replacement, original, key, full_key)
 
 
 @contextlib.contextmanager
 def _whole_numbers_for_float_keys():
-    # yacs rejects `GAMMA 5` for a float key ("Type mismatch (<class 'float'> vs. <class 'int'>)");
-    # accept it (command line and yaml files) while our configs are merged.
+    # yacs rejects `GAMMA 5` for a float key ("Type mismatch (<class 'float'> vs. <class 'int'>)"),
+    # and `BASE_LR: 1e-3` in a yaml file (PyYAML reads it as a string); accept both (command line
+    # and yaml files) while our configs are merged.
     yacs.config._check_and_coerce_cfg_value_type = _coerce_int_to_float
     try:
         yield

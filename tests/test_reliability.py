@@ -3,7 +3,8 @@ lose its training, each reproduced on tiny data with the behaviour that replaces
 
 * ``MODEL.IOU_AWARE`` keys on a stock model (train_net, demo ``--nms``): an error naming the key
   and the model setting that would use it;
-* a whole number for a float key is accepted (command line and yaml);
+* a whole number, or a number PyYAML reads as a string (`1e-3`), for a float key is accepted
+  (command line and yaml);
 * ``--eval-only`` without usable weights: an error naming MODEL.WEIGHTS;
 * checkpoints: kill -9 of a training process during and after a checkpoint write, truncated /
   empty / text checkpoint files, an empty ``last_checkpoint``;
@@ -149,6 +150,12 @@ def test_whole_number_for_a_float_key(tmp_path):
                          "SOLVER:\n  BASE_LR: 1\n")
     cfg = setup_cfg(str(yaml_file))
     assert cfg.MODEL.IOU_AWARE.FOCAL_EIOU.GAMMA == 1.0 and type(cfg.MODEL.IOU_AWARE.FOCAL_EIOU.GAMMA) is float
+    # PyYAML reads 1e-3 (no dot) as a string: a float key takes it as the number
+    yaml_file.write_text(f"_BASE_: {IOU_AWARE}\nSOLVER:\n  BASE_LR: 1e-3\n  WEIGHT_DECAY: 5.E-5\n")
+    cfg = setup_cfg(str(yaml_file))
+    assert cfg.SOLVER.BASE_LR == 0.001 and cfg.SOLVER.WEIGHT_DECAY == 5e-5
+    with pytest.raises(ValueError, match="Type mismatch"):  # not a number: still refused
+        setup_cfg(IOU_AWARE, ["SOLVER.BASE_LR", "fast"])
     with pytest.raises(ValueError, match="Type mismatch"):  # an integer key still refuses a fraction
         setup_cfg(IOU_AWARE, ["SOLVER.MAX_ITER", "2.5"])
     assert yacs.config._check_and_coerce_cfg_value_type is engine._YACS_COERCE  # restored
