@@ -10,20 +10,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._dense import (
-    check_max_det,
-    cluster_fixed_point,
-    column_chunks,
-    empty_like_result,
-    finish,
-    pair_terms,
-    padded_rows,
-    prepare,
-    upper,
-    weighted_mean,
-    weighted_sum,
-)
-from .diou import check_beta
+from ._dense import column_blocks, greedy_keep, pair_terms, weighted_mean, weighted_sum
+from ._layout import Rows, check_max_det, empty_like_result, finish, pack, padded_rows, prepare
+from .diou import check_beta, diou_criterion, iou_criterion
 from ._common import check_real
 
 CRITERIA = ("iou", "diou")
@@ -115,50 +104,62 @@ def cluster_nms(
     prep = prepare(boxes, scores, idxs, class_agnostic=class_agnostic, valid=valid, batch_ok=True)
     if prep.scores.numel() == 0:
         return empty_like_result(prep, weighted, boxes.device)
-    rows = padded_rows(prep)
-    r, w = rows.pos.shape
-    dtype = rows.boxes.dtype
-    chunks = column_chunks(rows)
-
-    x = torch.empty((r, w, w), dtype=dtype, device=rows.boxes.device)
-    for cols in chunks:
-        iou, ratio = pair_terms(rows.boxes, rows.boxes[:, cols], distance=criterion == "diou")
-        crit = iou - ratio.pow(beta) if criterion == "diou" else iou
-        x[:, :, cols] = ((crit > iou_threshold) & upper(rows, cols)).to(dtype)
-    kept = cluster_fixed_point(x, rows.valid)
-    del x
-
-    out, out_scores, out_boxes = kept, rows.scores, None
-    if penalty != "none" or weighted:
-        kept_rows = kept.to(dtype).unsqueeze(2)  # (R, W, 1): E
-        log_decay = torch.zeros((r, w), dtype=dtype, device=rows.boxes.device)
-        num = torch.zeros_like(rows.boxes)
-        den = torch.zeros_like(rows.scores)
-        for cols in chunks:
-            iou, ratio = pair_terms(
-                rows.boxes, rows.boxes[:, cols], distance=penalty == "score_distance"
+    suppresses = diou_criterion(beta) if criterion == "diou" else iou_criterion
+    parts = []
+    for rows in padded_rows(prep):
+        kept = greedy_keep(rows, suppresses, iou_threshold)
+        out, out_scores, out_boxes = kept, rows.scores, None
+        if penalty != "none" or weighted:
+            out_scores, out_boxes = _penalty_and_weights(
+                rows, kept, penalty, sigma, distance_beta, weighted, weighted_threshold
             )
-            up = upper(rows, cols)
             if penalty != "none":
-                g = iou.square().mul_(-1.0 / sigma)  # log exp(-C^2 / sigma)
-                if penalty == "score_distance":
-                    g = (g.exp_() + ratio.pow(distance_beta)).clamp_(max=1.0).log_()
-                g = torch.where(up, g, torch.zeros_like(g))
-                log_decay[:, cols] = (g * kept_rows).sum(1)  # sum over the kept rows i
-            if weighted:
-                vote = up & (iou > weighted_threshold) & kept.unsqueeze(2)
-                wij = torch.where(
-                    vote, iou * rows.scores[:, cols].unsqueeze(1), torch.zeros_like(iou)
-                )
-                num += weighted_sum(wij, rows.boxes[:, cols])
-                den += wij.sum(2)
+                out = rows.valid
+        if score_threshold is not None:
+            out = out & (out_scores >= score_threshold)
+        parts.append(rows.select(out, out_scores, out_boxes))
+    return finish(prep, parts, max_det=max_det)
+
+
+def _penalty_and_weights(
+    rows: Rows,
+    kept: Tensor,
+    penalty: str,
+    sigma: float,
+    distance_beta: float,
+    weighted: bool,
+    weighted_threshold: float,
+):
+    """The output scores and boxes of the penalized and weighted forms, from the pairs of the final
+    ``C = E X``: kept box ``i`` (packed per row), any box ``j`` ranked below it."""
+    dtype = rows.boxes.dtype
+    packed = pack(rows, kept)
+    rank = packed.rank.to(dtype).unsqueeze(2)  # (R, K, 1); the layout width in padding slots
+    log_decay = torch.zeros_like(rows.scores)
+    num = torch.zeros_like(packed.boxes)
+    den = torch.zeros_like(packed.scores)
+    for c0, c1, ra in column_blocks(rows, depth=packed.rank.shape[1]):
+        cols = (slice(0, ra), slice(c0, c1))
+        iou, ratio = pair_terms(
+            packed.boxes[:ra], rows.boxes[cols], distance=penalty == "score_distance"
+        )
+        j = torch.arange(c0, c1, dtype=dtype, device=iou.device).view(1, 1, -1)
+        above = torch.lt(rank[:ra], j, out=torch.empty_like(iou))  # kept i ranked above j
         if penalty != "none":
-            out_scores = rows.scores * log_decay.exp()
-            out = rows.valid
+            g = iou.square().mul_(-1.0 / sigma)  # log exp(-C^2 / sigma)
+            if penalty == "score_distance":
+                g = g.exp_().add_(ratio.pow_(distance_beta)).clamp_(max=1.0).log_()
+            # finite, so that the mask zeroes it; exp of the sum is 0 either way
+            g.clamp_(min=torch.finfo(dtype).min)
+            log_decay[cols] = g.mul_(above).sum(1)  # sum over the kept rows i
         if weighted:
-            out_boxes = weighted_mean(
-                num, den, rows.boxes, torch.where(kept, rows.scores, 0.0), kept
-            )
-    if score_threshold is not None:
-        out = out & (out_scores >= score_threshold)
-    return finish(prep, rows, out, out_scores, out_boxes, max_det=max_det)
+            vote = torch.gt(iou, weighted_threshold, out=torch.empty_like(iou)).mul_(above)
+            wij = iou.mul_(rows.scores[cols].unsqueeze(1)).mul_(vote)
+            num[:ra] += weighted_sum(wij, rows.boxes[cols])
+            den[:ra] += wij.sum(2)
+    out_scores = rows.scores * log_decay.exp() if penalty != "none" else rows.scores
+    out_boxes = None
+    if weighted:
+        merged = weighted_mean(num, den, packed.boxes, packed.scores, packed.valid)
+        out_boxes = packed.unpack(merged, rows.boxes)
+    return out_scores, out_boxes
