@@ -749,6 +749,21 @@ def test_uneven_padded_batch_equals_per_image_calls(fn, options, layout, monkeyp
         assert_batch_equals_single_calls(fn, options, images, g)
 
 
+def test_rank_order_of_float32_scores_equals_a_sort_by_score_then_class():
+    """float32 scores are ranked by one integer sort: the same order as the float64 path's two
+    stable sorts, with ties (+0 and -0 included), negative, tiny and huge scores."""
+    for seed in range(100):
+        g = torch.Generator().manual_seed(seed)
+        n = int(torch.randint(1, 300, (1,), generator=g))
+        s = torch.randint(-6, 7, (n,), generator=g).float() / 3
+        for p, value in ((0.1, -0.0), (0.05, 3e38 * (-1) ** seed), (0.05, 1e-45 * (-1) ** seed)):
+            s[torch.rand(n, generator=g) < p] = value
+        k = torch.randint(0, 5, (n,), generator=g)
+        fast = _layout._rank_order(_layout.prepare(torch.zeros(n, 4), s, k))
+        two_sorts = _layout._rank_order(_layout.prepare(torch.zeros(n, 4), s.double(), k))
+        assert torch.equal(fast, two_sorts), seed
+
+
 def test_pair_terms_of_degenerate_boxes():
     """Zero-area, inverted and point boxes: the IoU and the DIoU ratio of the formulas (IoU 0 where
     the union is not positive, ratio 0 where c^2 = 0, also with rho^2 > 0 for inverted boxes)."""

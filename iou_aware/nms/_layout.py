@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ._common import check_inputs, compute_dtype, group_by_class, order_by_score
+from ._common import check_inputs, compute_dtype, order_by_score
 
 # Rows are taken widest first; a new bucket starts at a row when giving it and the narrower rows
 # their own width saves at least max(this, boxes) padded slots, (W - w) x rows left. Within a
@@ -191,14 +191,29 @@ def bucket_plan(sizes: Sequence[int]) -> List[Tuple[int, int]]:
     return plan
 
 
+def _rank_order(prep: Prepared) -> Tensor:
+    """The positions sorted by row key, then by score descending, ties by index (within an image,
+    index order is flattened order).
+
+    float32 scores: one stable sort of ``key * 2^33 - s``, ``s`` the scores' bits as an int32
+    that orders like the floats (``-0`` made ``+0`` first, so that it ties with ``+0``); else a
+    stable sort by score, then by key."""
+    if prep.scores.dtype == torch.float32 and int(prep.key.max()) < (1 << 30):
+        bits = (prep.scores + 0.0).view(torch.int32).long()
+        ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+        return torch.argsort(prep.key * (1 << 33) - ordered, stable=True)
+    order = torch.argsort(prep.scores, descending=True, stable=True)
+    return order.index_select(0, torch.argsort(prep.key.index_select(0, order), stable=True))
+
+
 def padded_rows(prep: Prepared) -> List[Rows]:
     """The layout: every row key's boxes in score order, rows widest first, in buckets
     (:func:`bucket_plan`; usually one), each a :class:`Rows` padded to its widest row."""
     m = prep.scores.shape[0]
     device = prep.scores.device
-    # sort by score, ties by index within the image (index order = flattened order)
-    order = torch.argsort(prep.scores, descending=True, stable=True)
-    perm, _, starts, counts = group_by_class(prep.key, order)
+    perm = _rank_order(prep)
+    counts = torch.unique_consecutive(prep.key.index_select(0, perm), return_counts=True)[1]
+    starts = torch.cumsum(counts, 0) - counts
     # the rows widest first, each row's boxes contiguous in that order
     by_size = torch.argsort(counts, descending=True, stable=True)
     sizes = counts.index_select(0, by_size)
