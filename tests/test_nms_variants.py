@@ -764,6 +764,22 @@ def test_rank_order_of_float32_scores_equals_a_sort_by_score_then_class():
         assert torch.equal(fast, two_sorts), seed
 
 
+def test_scratch_buffers_are_reused_but_never_shared():
+    like = torch.zeros(1)
+    with _dense.scratch_for(like) as outer:
+        held = outer("iou", (10,)).fill_(1.0)
+        with _dense.scratch_for(like) as inner:  # starts while the outer one holds the buffers
+            inner("iou", (10,)).fill_(2.0)
+        assert (held == 1).all()
+    with _dense.scratch_for(like) as later:  # takes over what the last pass left
+        assert later("iou", (5,)).data_ptr() in (held.data_ptr(), inner.slots["iou"].data_ptr())
+    big = _dense._SCRATCH_KEEP_ELEMENTS + 1
+    with _dense.scratch_for(like) as scratch:
+        scratch("t1", (big,))
+    with _dense.scratch_for(like) as scratch:
+        assert "t1" not in scratch.slots  # slots above the limit are not kept
+
+
 def test_pair_terms_of_degenerate_boxes():
     """Zero-area, inverted and point boxes: the IoU and the DIoU ratio of the formulas (IoU 0 where
     the union is not positive, ratio 0 where c^2 = 0, also with rho^2 > 0 for inverted boxes)."""

@@ -14,6 +14,8 @@ CPU, comparisons into bool tensors, bool ``&`` and ``any`` cost several times a 
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -31,6 +33,9 @@ _CACHE_ELEMENTS = 1 << 18
 # operation fills whole vector loops (a 24- or 48-wide block ran 1.5-2x slower than 32 or 64).
 _COLUMN_BLOCK = 32
 _KEPT_COLUMN_BLOCK = 256
+# CPU scratch slots of up to this many elements are kept for the next pass of the thread.
+_SCRATCH_KEEP_ELEMENTS = 1 << 20
+_LEFT = threading.local()
 # Rank blocks of greedy_keep: the first _GREEDY_FIRST columns, then twice as many each time up to
 # _GREEDY_BLOCK. Each settles by a few (R, block, block) iterations, the kept boxes of earlier
 # blocks are tested in one (R, K, block) product.
@@ -38,9 +43,56 @@ _GREEDY_FIRST = 32
 _GREEDY_BLOCK = 256
 
 
-def pair_terms(a: Tensor, b: Tensor, distance: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+class Scratch:
+    """Reusable buffers for the pairwise temporaries of a pass (named slots, each a flat tensor
+    grown as needed and viewed in the requested shape); a view stays valid until its slot is
+    requested again.
+
+    On the CPU fresh multi-megabyte tensors cost page faults, several times the arithmetic itself
+    (two live 2 MB temporaries per block: 3 ns per element, against 0.2 ns written into existing
+    buffers, one thread), so the pairwise operations write into these slots; see also
+    :func:`scratch_for`."""
+
+    def __init__(self, like: Tensor, slots: Optional[dict] = None):
+        self.like = like
+        self.slots = {} if slots is None else slots
+
+    def __call__(self, name: str, shape) -> Tensor:
+        n = 1
+        for d in shape:
+            n *= d
+        buf = self.slots.get(name)
+        if buf is None or buf.numel() < n:
+            grown = 2 * buf.numel() if buf is not None else 0
+            buf = self.slots[name] = self.like.new_empty(max(n, grown))
+        return buf[:n].view(shape)
+
+
+@contextlib.contextmanager
+def scratch_for(like: Tensor):
+    """A :class:`Scratch` for one pass. On the CPU it takes over the slots (up to
+    ``_SCRATCH_KEEP_ELEMENTS`` elements each) that the last pass of this thread and dtype left,
+    and leaves its own at the end, so that repeated calls reuse memory; a pass that starts while
+    another one holds them starts empty, so no two share a buffer."""
+    if like.device.type != "cpu":
+        yield Scratch(like)
+        return
+    left = _LEFT.__dict__.setdefault("slots", {})
+    scratch = Scratch(like, left.pop(like.dtype, None))
+    try:
+        yield scratch
+    finally:
+        left[like.dtype] = {
+            k: v for k, v in scratch.slots.items() if v.numel() <= _SCRATCH_KEEP_ELEMENTS
+        }
+
+
+def pair_terms(
+    a: Tensor, b: Tensor, distance: bool = False, scratch: Optional[Scratch] = None
+) -> Tuple[Tensor, Optional[Tensor]]:
     """IoU and (with ``distance``) the DIoU ratio ``rho^2 / c^2`` of every pair ``(a_i, b_j)`` of
-    two row blocks ``a`` (R, P, 4), ``b`` (R, Q, 4) -> (R, P, Q).
+    two row blocks ``a`` (R, P, 4), ``b`` (R, Q, 4) -> (R, P, Q), in ``scratch``'s slots ``iou``
+    and ``ratio`` (with ``t1``-``t3`` as temporaries) when given.
 
     IoU is ``inter / (area_a + area_b - inter)`` with ``area = (x2 - x1) * (y2 - y1)``: the
     arithmetic of torchvision's NMS kernel, so that thresholding it decides every pair as the
@@ -52,27 +104,32 @@ def pair_terms(a: Tensor, b: Tensor, distance: bool = False) -> Tuple[Tensor, Op
     Both are exact quotients of the same operands as the formulas: the positive-union case never
     needs a mask (``inter > 0`` implies ``union > 0``; ``union <= 0`` leaves ``0 / union``, 0 or
     ``-0``, or ``0 / 0``, which becomes 0), and ``rho^2`` is zeroed where ``c^2 = 0`` (an
-    overflowing quotient still clamps to 1). Boxes stored
-    coordinate-major (:func:`~._layout.planar_zeros`) are read contiguously."""
+    overflowing quotient still clamps to 1). Boxes stored coordinate-major
+    (:func:`~._layout.planar_zeros`) are read contiguously."""
+    scratch = scratch or Scratch(a)
+    shape = (a.shape[0], a.shape[1], b.shape[1])
     ax1, ay1, ax2, ay2 = (t.unsqueeze(2) for t in a.unbind(2))
     bx1, by1, bx2, by2 = (t.unsqueeze(1) for t in b.unbind(2))
     area_a = (ax2 - ax1) * (ay2 - ay1)
     area_b = (bx2 - bx1) * (by2 - by1)
-    inter = torch.minimum(ax2, bx2).sub_(torch.maximum(ax1, bx1)).clamp_(min=0)
-    h = torch.minimum(ay2, by2).sub_(torch.maximum(ay1, by1)).clamp_(min=0)
+    inter = torch.minimum(ax2, bx2, out=scratch("iou", shape))
+    t1, t2 = scratch("t1", shape), scratch("t2", shape)
+    inter.sub_(torch.maximum(ax1, bx1, out=t1)).clamp_(min=0)
+    h = torch.minimum(ay2, by2, out=t1).sub_(torch.maximum(ay1, by1, out=t2)).clamp_(min=0)
     inter.mul_(h)
-    union = torch.add(area_a, area_b, out=h).sub_(inter)
+    union = torch.add(area_a, area_b, out=t1).sub_(inter)
     iou = inter.div_(union).nan_to_num_(nan=0.0)
     if not distance:
         return iou, None
-    dx = (ax1 + ax2) - (bx1 + bx2)
-    dy = (ay1 + ay2) - (by1 + by2)
+    dx = torch.sub(ax1 + ax2, bx1 + bx2, out=scratch("ratio", shape))
+    dy = torch.sub(ay1 + ay2, by1 + by2, out=t1)
     rho2 = dx.mul_(dx).add_(dy.mul_(dy)).mul_(0.25)
-    cw = torch.maximum(ax2, bx2).sub_(torch.minimum(ax1, bx1))
-    ch = torch.maximum(ay2, by2).sub_(torch.minimum(ay1, by1))
+    t3 = scratch("t3", shape)
+    cw = torch.maximum(ax2, bx2, out=t1).sub_(torch.minimum(ax1, bx1, out=t2))
+    ch = torch.maximum(ay2, by2, out=t2).sub_(torch.minimum(ay1, by1, out=t3))
     c2 = cw.mul_(cw).add_(ch.mul_(ch))
     # rho^2 * sign(c^2): 0 / 0 where c^2 = 0 (rho^2 may be > 0 there for inverted boxes)
-    ratio = rho2.mul_(torch.sign(c2)).div_(c2).nan_to_num_(nan=0.0).clamp_(max=1.0)
+    ratio = rho2.mul_(torch.sign(c2, out=t2)).div_(c2).nan_to_num_(nan=0.0).clamp_(max=1.0)
     return iou, ratio
 
 
@@ -112,12 +169,13 @@ def first_nonzero(mask: Tensor) -> Tuple[Tensor, Tensor]:
 
 def greedy_keep(
     rows: Rows,
-    criterion: Callable[[Tensor, Tensor], Tensor],
+    criterion: Callable[[Tensor, Tensor, Scratch], Tensor],
     threshold: float,
     suppressors: bool = False,
 ):
-    """Greedy NMS of every row at once for a pairwise ``criterion(a, b)`` ((R, P, 4), (R, Q, 4) ->
-    (R, P, Q)): a box is kept unless a kept box ranked above it has ``criterion > threshold``.
+    """Greedy NMS of every row at once for a pairwise ``criterion(a, b, scratch)`` ((R, P, 4),
+    (R, Q, 4) -> (R, P, Q), possibly in ``scratch``): a box is kept unless a kept box ranked above
+    it has ``criterion > threshold``.
 
     The columns are taken in blocks in rank order, growing from ``_GREEDY_FIRST`` to
     ``_GREEDY_BLOCK`` columns, each over the rows that have boxes in it. The boxes of a block that
@@ -135,33 +193,37 @@ def greedy_keep(
     cap = min(_GREEDY_BLOCK, max(16, _CHUNK_ELEMENTS // max(1, r * w)))
     kept = torch.zeros_like(rows.valid)
     by = torch.zeros_like(rows.pos) if suppressors else None
-    a0, size = 0, min(_GREEDY_FIRST, cap)
-    while a0 < w:
-        a1 = min(w, a0 + size)
-        ra = rows.active(a0)  # the rows with boxes in this block
-        boxes = rows.boxes[:ra, a0:a1]
-        cand = rows.valid[:ra, a0:a1]
-        if a0 > 0:
-            earlier = pack(rows.prefix(ra, a0), kept[:ra, :a0])
-            over = criterion(earlier.boxes, boxes).gt_(threshold)
-            over.mul_(earlier.valid.to(over.dtype).unsqueeze(2))
-            if suppressors:
-                hit, first = first_nonzero(over)
-                by[:ra, a0:a1] = earlier.rank.gather(1, first)
-            else:
-                hit = over.amax(1) > 0
-            cand = cand & ~hit
-        x = criterion(boxes, boxes).gt_(threshold)
-        x.mul_(strict_upper(x.shape[1], x))
-        k = cluster_fixed_point(x, cand)
-        kept[:ra, a0:a1] = k
-        if suppressors:
-            _, first = first_nonzero(x.mul_(k.to(x.dtype).unsqueeze(2)))
+    a0, size, most_kept = 0, min(_GREEDY_FIRST, cap), 0
+    with scratch_for(rows.boxes) as scratch:
+        while a0 < w:
+            ra = rows.active(a0)  # the rows with boxes in this block
+            while size > _GREEDY_FIRST and ra * size * max(size, most_kept) > _CACHE_ELEMENTS:
+                size //= 2
+            a1 = min(w, a0 + size)
+            boxes = rows.boxes[:ra, a0:a1]
+            cand = rows.valid[:ra, a0:a1]
             if a0 > 0:
-                by[:ra, a0:a1] = torch.where(hit, by[:ra, a0:a1], first + a0)
-            else:
-                by[:ra, a0:a1] = first + a0
-        a0, size = a1, min(cap, 2 * size)
+                earlier = pack(rows.prefix(ra, a0), kept[:ra, :a0])
+                most_kept = earlier.rank.shape[1]
+                over = criterion(earlier.boxes, boxes, scratch).gt_(threshold)
+                over.mul_(earlier.valid.to(over.dtype).unsqueeze(2))
+                if suppressors:
+                    hit, first = first_nonzero(over)
+                    by[:ra, a0:a1] = earlier.rank.gather(1, first)
+                else:
+                    hit = over.amax(1) > 0
+                cand = cand & ~hit
+            x = criterion(boxes, boxes, scratch).gt_(threshold)
+            x.mul_(strict_upper(x.shape[1], x))
+            k = cluster_fixed_point(x, cand)
+            kept[:ra, a0:a1] = k
+            if suppressors:
+                _, first = first_nonzero(x.mul_(k.to(x.dtype).unsqueeze(2)))
+                if a0 > 0:
+                    by[:ra, a0:a1] = torch.where(hit, by[:ra, a0:a1], first + a0)
+                else:
+                    by[:ra, a0:a1] = first + a0
+            a0, size = a1, min(cap, 2 * size)
     return (kept, by) if suppressors else kept
 
 
@@ -185,10 +247,14 @@ def cluster_fixed_point(x: Tensor, candidates: Tensor) -> Tensor:
         kept = new
 
 
-def weighted_sum(weights: Tensor, boxes: Tensor) -> Tensor:
+def weighted_sum(weights: Tensor, boxes: Tensor, tmp: Optional[Tensor] = None) -> Tensor:
     """``sum_j weights[r, i, j] * boxes[r, j]`` -> (R, P, 4), as elementwise products and sums
-    rather than a matrix product, which TF32 (when enabled on CUDA) would round to 10 bits."""
-    return torch.stack([(weights * boxes[:, :, c].unsqueeze(1)).sum(2) for c in range(4)], 2)
+    rather than a matrix product, which TF32 (when enabled on CUDA) would round to 10 bits;
+    ``tmp``: a buffer shaped like ``weights`` for the products."""
+    tmp = torch.empty_like(weights) if tmp is None else tmp
+    return torch.stack(
+        [torch.mul(weights, boxes[:, :, c].unsqueeze(1), out=tmp).sum(2) for c in range(4)], 2
+    )
 
 
 def weighted_mean(

@@ -10,7 +10,14 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._dense import column_blocks, greedy_keep, pair_terms, weighted_mean, weighted_sum
+from ._dense import (
+    column_blocks,
+    greedy_keep,
+    pair_terms,
+    scratch_for,
+    weighted_mean,
+    weighted_sum,
+)
 from ._layout import Rows, check_max_det, empty_like_result, finish, pack, padded_rows, prepare
 from .diou import check_beta, diou_criterion, iou_criterion
 from ._common import check_real
@@ -138,25 +145,26 @@ def _penalty_and_weights(
     log_decay = torch.zeros_like(rows.scores)
     num = torch.zeros_like(packed.boxes)
     den = torch.zeros_like(packed.scores)
-    for c0, c1, ra in column_blocks(rows, depth=packed.rank.shape[1]):
-        cols = (slice(0, ra), slice(c0, c1))
-        iou, ratio = pair_terms(
-            packed.boxes[:ra], rows.boxes[cols], distance=penalty == "score_distance"
-        )
-        j = torch.arange(c0, c1, dtype=dtype, device=iou.device).view(1, 1, -1)
-        above = torch.lt(rank[:ra], j, out=torch.empty_like(iou))  # kept i ranked above j
-        if penalty != "none":
-            g = iou.square().mul_(-1.0 / sigma)  # log exp(-C^2 / sigma)
-            if penalty == "score_distance":
-                g = g.exp_().add_(ratio.pow_(distance_beta)).clamp_(max=1.0).log_()
-            # finite, so that the mask zeroes it; exp of the sum is 0 either way
-            g.clamp_(min=torch.finfo(dtype).min)
-            log_decay[cols] = g.mul_(above).sum(1)  # sum over the kept rows i
-        if weighted:
-            vote = torch.gt(iou, weighted_threshold, out=torch.empty_like(iou)).mul_(above)
-            wij = iou.mul_(rows.scores[cols].unsqueeze(1)).mul_(vote)
-            num[:ra] += weighted_sum(wij, rows.boxes[cols])
-            den[:ra] += wij.sum(2)
+    with scratch_for(rows.boxes) as scratch:
+        for c0, c1, ra in column_blocks(rows, depth=packed.rank.shape[1]):
+            cols = (slice(0, ra), slice(c0, c1))
+            iou, ratio = pair_terms(
+                packed.boxes[:ra], rows.boxes[cols], penalty == "score_distance", scratch
+            )
+            j = torch.arange(c0, c1, dtype=dtype, device=iou.device).view(1, 1, -1)
+            above = torch.lt(rank[:ra], j, out=scratch("above", iou.shape))  # kept i above j
+            if penalty != "none":
+                g = torch.square(iou, out=scratch("t1", iou.shape)).mul_(-1.0 / sigma)  # log exp
+                if penalty == "score_distance":
+                    g = g.exp_().add_(ratio.pow_(distance_beta)).clamp_(max=1.0).log_()
+                # finite, so that the mask zeroes it; exp of the sum is 0 either way
+                g.clamp_(min=torch.finfo(dtype).min)
+                log_decay[cols] = g.mul_(above).sum(1)  # sum over the kept rows i
+            if weighted:
+                vote = torch.gt(iou, weighted_threshold, out=scratch("t2", iou.shape)).mul_(above)
+                wij = iou.mul_(rows.scores[cols].unsqueeze(1)).mul_(vote)
+                num[:ra] += weighted_sum(wij, rows.boxes[cols], vote)
+                den[:ra] += wij.sum(2)
     out_scores = rows.scores * log_decay.exp() if penalty != "none" else rows.scores
     out_boxes = None
     if weighted:

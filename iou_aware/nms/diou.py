@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 
 from torch import Tensor
 
-from ._dense import greedy_keep, pair_terms
+from ._dense import Scratch, greedy_keep, pair_terms
 from ._layout import check_max_det, empty_like_result, finish, padded_rows, prepare
 from ._common import check_real
 
@@ -19,17 +19,17 @@ def check_beta(beta, name: str = "beta") -> float:
     return beta
 
 
-def iou_criterion(a: Tensor, b: Tensor) -> Tensor:
+def iou_criterion(a: Tensor, b: Tensor, scratch: Optional[Scratch] = None) -> Tensor:
     """The IoU of every pair of two row blocks (the criterion of plain greedy NMS)."""
-    return pair_terms(a, b)[0]
+    return pair_terms(a, b, scratch=scratch)[0]
 
 
 def diou_criterion(beta: float):
     """``IoU(a_i, b_j) - (rho^2 / c^2)^beta`` of every pair of two row blocks (the DIoU-NMS test of
     AAAI 2020, with the power ``beta`` of TCYB 2021)."""
 
-    def criterion(a: Tensor, b: Tensor) -> Tensor:
-        iou, ratio = pair_terms(a, b, distance=True)
+    def criterion(a: Tensor, b: Tensor, scratch: Optional[Scratch] = None) -> Tensor:
+        iou, ratio = pair_terms(a, b, distance=True, scratch=scratch)
         return iou.sub_(ratio if beta == 1.0 else ratio.pow_(beta))
 
     return criterion

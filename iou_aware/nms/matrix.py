@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._dense import column_blocks, pair_terms, strict_upper
+from ._dense import column_blocks, pair_terms, scratch_for, strict_upper
 from ._layout import Rows, check_max_det, empty_like_result, finish, padded_rows, prepare
 from ._common import check_real
 
@@ -88,19 +88,20 @@ def _decay(rows: Rows, kernel: str, sigma: float) -> Tensor:
     one exponential per box (exp and the scaling by ``sigma > 0`` are monotonic)."""
     compensate = torch.zeros_like(rows.scores)  # iou_{., i}
     low = torch.zeros_like(rows.scores)  # min over i of the kernel's term (0 in padding)
-    for c0, c1, ra in column_blocks(rows):
-        iou, _ = pair_terms(rows.boxes[:ra, :c1], rows.boxes[:ra, c0:c1])  # (ra, c1, c1 - c0)
-        iou[:, c0:c1].mul_(strict_upper(c1 - c0, iou))
-        compensate[:ra, c0:c1] = iou.amax(1)
-        comp = compensate[:ra, :c1].unsqueeze(2)
-        if kernel == "gaussian":
-            term = torch.sub(comp.square(), iou.square_(), out=iou)
-        else:  # (1 - iou_ij) / f_comp, +inf for a suppressor with f_comp <= 0
-            f_comp = 1.0 - comp
-            ok = f_comp > 0
-            term = torch.rsub(iou, 1.0).div_(torch.where(ok, f_comp, 1.0))
-            term.add_(torch.where(ok, 0.0, math.inf))
-        low[:ra, c0:c1] = term.amin(1)
+    with scratch_for(rows.boxes) as scratch:
+        for c0, c1, ra in column_blocks(rows):
+            iou, _ = pair_terms(rows.boxes[:ra, :c1], rows.boxes[:ra, c0:c1], scratch=scratch)
+            iou[:, c0:c1].mul_(strict_upper(c1 - c0, iou))
+            compensate[:ra, c0:c1] = iou.amax(1)
+            comp = compensate[:ra, :c1].unsqueeze(2)
+            if kernel == "gaussian":
+                term = torch.sub(comp.square(), iou.square_(), out=iou)
+            else:  # (1 - iou_ij) / f_comp, +inf for a suppressor with f_comp <= 0
+                f_comp = 1.0 - comp
+                ok = f_comp > 0
+                term = iou.neg_().add_(1.0).div_(torch.where(ok, f_comp, 1.0))
+                term.add_(torch.where(ok, 0.0, math.inf))
+            low[:ra, c0:c1] = term.amin(1)
     if kernel == "gaussian":
         return low.mul_(sigma).exp_().clamp_(max=1.0)
     return low.clamp_(max=1.0)

@@ -9,7 +9,14 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._dense import column_blocks, greedy_keep, pair_terms, weighted_mean, weighted_sum
+from ._dense import (
+    column_blocks,
+    greedy_keep,
+    pair_terms,
+    scratch_for,
+    weighted_mean,
+    weighted_sum,
+)
 from ._layout import (
     Prepared,
     Rows,
@@ -95,15 +102,17 @@ def _voted_boxes(prep: Prepared, keep: Tensor, sigma: float) -> Tensor:
         voters = pack(rows, is_kept[rows.pos.clamp(min=0)] & rows.valid)  # only the kept boxes
         num = torch.zeros_like(voters.boxes)
         den = torch.zeros_like(voters.scores)
-        for c0, c1, ra in column_blocks(rows, depth=voters.rank.shape[1]):
-            cols = (slice(0, ra), slice(c0, c1))
-            iou, _ = pair_terms(voters.boxes[:ra], rows.boxes[cols])
-            # IoU > 0 (0 for padding, on either side: zero boxes overlap nothing)
-            near = torch.gt(iou, 0.0, out=torch.empty_like(iou))
-            weight = torch.rsub(iou, 1.0).square_().mul_(-1.0 / sigma).exp_().mul_(near)
-            weight.mul_(rows.scores[cols].unsqueeze(1))
-            num[:ra] += weighted_sum(weight, rows.boxes[cols])
-            den[:ra] += weight.sum(2)
+        with scratch_for(rows.boxes) as scratch:
+            for c0, c1, ra in column_blocks(rows, depth=voters.rank.shape[1]):
+                cols = (slice(0, ra), slice(c0, c1))
+                iou, _ = pair_terms(voters.boxes[:ra], rows.boxes[cols], scratch=scratch)
+                # IoU > 0 (0 for padding, on either side: zero boxes overlap nothing)
+                near = torch.gt(iou, 0.0, out=scratch("t1", iou.shape))
+                # exp(-(1 - IoU)^2 / sigma); 1 - IoU as -IoU + 1 (the same value), in place
+                weight = iou.neg_().add_(1.0).square_().mul_(-1.0 / sigma).exp_().mul_(near)
+                weight.mul_(rows.scores[cols].unsqueeze(1))
+                num[:ra] += weighted_sum(weight, rows.boxes[cols], near)
+                den[:ra] += weight.sum(2)
         voted = weighted_mean(num, den, voters.boxes, torch.zeros_like(den), voters.valid)
         full[rows.pos[voters.row, voters.col]] = voted[voters.row, voters.slot]
     return full.index_select(0, keep)
