@@ -61,8 +61,10 @@ def cluster_nms(
     exactly the greedy NMS result (shown in the paper), reached in at most as many steps as the
     longest chain of suppressions. Here a pair suppresses when its value is ``> iou_threshold``
     (torchvision's convention; the paper keeps ``< eps``), so the plain form keeps exactly what
-    ``torchvision.ops.batched_nms`` keeps. The matrix is (classes x largest class^2): memory
-    grows with the square of the largest class.
+    ``torchvision.ops.batched_nms`` keeps. The kept set is computed block by block in rank order
+    (``_dense.greedy_keep``: boxes suppressed by the kept boxes of earlier blocks in one batched
+    product, the rest of a block by exactly this iteration), every class at once, in memory
+    classes x (kept + block) x block rather than classes x largest class^2.
 
     Variants (same paper, "Cluster-NMS" with geometric factors):
 
@@ -91,7 +93,7 @@ def cluster_nms(
     One image: ``boxes`` (N, 4), ``scores``, ``idxs`` (N,); returns ``(keep, out_scores)`` or, with
     ``weighted``, ``(keep, out_scores, out_boxes)``, sorted by output score (ties by index).
     A padded batch: ``boxes`` (B, N, 4), ``scores``, ``idxs`` and ``valid`` (B, N) (``valid``
-    False for padding, default all valid), computed in one matrix for all images; returns the same
+    False for padding, default all valid), computed for all images at once; returns the same
     per image as (B, K) / (B, K, 4) tensors, with ``keep = -1`` (score 0, box 0) in unused slots.
     """
     iou_threshold = check_real(iou_threshold, "iou_threshold")

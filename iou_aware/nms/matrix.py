@@ -76,7 +76,7 @@ def matrix_nms(
 
 
 def _decay(rows: Rows, kernel: str, sigma: float) -> Tensor:
-    """``decay_j`` (R, W) of every box of a bucket, in one pass over column chunks.
+    """``decay_j`` (R, W) of every box of a bucket, in one pass over blocks of columns.
 
     A block of columns ``j`` (:func:`~._dense.column_blocks`, the rows that have boxes there)
     needs the IoUs with the boxes ranked above, ``i < j``: the boxes above the block and the

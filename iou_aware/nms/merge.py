@@ -54,10 +54,11 @@ def weighted_nms(
     score-weighted mean). The kept set and the scores are exactly those of standard NMS; scores
     are expected to be >= 0 (a box whose weights sum to <= 0 keeps its coordinates).
 
-    Matrix form: the kept set by greedy NMS on the padded per-class IoU matrix (the same decisions
-    as torchvision's kernel), then each removed box's suppressor, the first kept box ranked above
-    it that overlaps it above the threshold (in the greedy loop the first such box removes it),
-    and one scatter-add of the weighted boxes per column block. ``class_agnostic``, ``max_det``
+    Matrix form: the kept set by block-wise greedy NMS on the padded per-class IoU matrix
+    (``_dense.greedy_keep``, the same decisions as torchvision's kernel), which also gives each
+    removed box's suppressor, the first kept box ranked above it that overlaps it above the
+    threshold (in the greedy loop the first such box removes it), then one scatter-add of the
+    weighted boxes. ``class_agnostic``, ``max_det``
     and a padded batch (``boxes`` (B, N, 4), ``valid`` (B, N)) as in
     :func:`~iou_aware.nms.cluster.cluster_nms`. Returns ``(keep, scores[keep], merged boxes)``,
     sorted by score (ties by index).
