@@ -6,7 +6,8 @@ torchvision's NMS kernel) and the DIoU distance ratio ``rho^2 / c^2`` of every p
 blocks, :func:`cluster_fixed_point` is the matrix iteration of Cluster-NMS (TCYB 2021,
 Algorithm 1), :func:`greedy_keep` greedy NMS for any pairwise criterion in bounded memory (with,
 on request, the kept box that removed each removed box), :func:`column_blocks` the blocks of a
-pass over the columns, each over the rows that still have boxes there.
+pass over the columns, each over the rows that still have boxes there, and :func:`scratch_for`
+reusable buffers for the pairwise temporaries.
 
 Masks over pairs are float 0/1 tensors and reductions are ``amax`` / ``amin`` / ``sum``: on the
 CPU, comparisons into bool tensors, bool ``&`` and ``any`` cost several times a float operation.
@@ -160,7 +161,7 @@ def column_blocks(rows: Rows, depth: Optional[int] = None):
 def first_nonzero(mask: Tensor) -> Tuple[Tensor, Tensor]:
     """For a float 0/1 ``mask`` (R, P, Q): ``(any, first)`` (R, Q), whether a column holds a 1 and
     the index of its first 1 along P (0 where none): ``amax`` of the mask weighted ``P - i``
-    (``argmax`` is many times slower on the CPU)."""
+    (``argmax`` is many times slower on the CPU). Overwrites ``mask``."""
     p = mask.shape[1]
     down = torch.arange(p, 0, -1, dtype=mask.dtype, device=mask.device).view(1, -1, 1)
     top = mask.mul_(down).amax(1)
