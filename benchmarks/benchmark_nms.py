@@ -22,7 +22,7 @@ time, which other processes barely disturb; CUDA runs time the wall clock after 
 Variants slower than ``--slow-budget`` seconds over all repeats get 3 repeats. Every registered
 NMS type beyond the four above is timed too, called through the registry with its config
 defaults ("type diou", "type cluster", ...). The default grid (4 sizes x 2 class counts) runs in
-about 5 minutes on a 2-core CPU, most of it the dense matrix types at 20k boxes of one class. The last line checks the
+about 30 seconds on a 2-core CPU, most of it the 20k boxes of one class. The last line checks the
 targets: score-fused within 1.3x and IoU-guided within 3x torchvision at 80 classes, 2k and 20k boxes.
 """
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 import torchvision
 
-from iou_aware.nms import NMS_REGISTRY, _dense
+from iou_aware.nms import NMS_REGISTRY, _dense, _layout
 from iou_aware.nms.cluster import cluster_nms
 from iou_aware.nms.diou import diou_nms
 from iou_aware.nms.matrix import matrix_nms
@@ -474,10 +474,10 @@ BATCHED = [
 ]
 
 
-@pytest.mark.parametrize("fn,options", BATCHED)
-def test_padded_batch_equals_per_image_calls(fn, options):
-    g = torch.Generator().manual_seed(11)
-    images = [grid_boxes(seed, n=n) for seed, n in ((1, 30), (2, 1), (3, 57), (4, 12))]
+def padded_batch(images, g):
+    """The images ``[(boxes, scores, idxs), ...]`` as a padded batch, their boxes scattered among
+    padding slots (arbitrary values) in their order; returns ``(boxes, scores, idxs, valid)`` and
+    each image's slots."""
     n = max(len(s) for _, s, _ in images)
     b = len(images)
     boxes = (
@@ -492,6 +492,11 @@ def test_padded_batch_equals_per_image_calls(fn, options):
         slot = torch.randperm(n, generator=g)[: len(sc)].sort().values
         boxes[k, slot], scores[k, slot], idxs[k, slot], valid[k, slot] = bx, sc, ix, True
         slots.append(slot)
+    return (boxes, scores, idxs, valid), slots
+
+
+def assert_batch_equals_single_calls(fn, options, images, g):
+    (boxes, scores, idxs, valid), slots = padded_batch(images, g)
     thr = [] if fn is matrix_nms else [0.5]
     batch = fn(boxes, scores, idxs, *thr, valid=valid, **options)
     for k, (bx, sc, ix) in enumerate(images):
@@ -503,6 +508,13 @@ def test_padded_batch_equals_per_image_calls(fn, options):
         assert batch[0][k, :count].tolist() == slots[k][single[0]].tolist()
         for got, want in zip(batch[1:], single[1:]):
             torch.testing.assert_close(got[k, :count], want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("fn,options", BATCHED)
+def test_padded_batch_equals_per_image_calls(fn, options):
+    g = torch.Generator().manual_seed(11)
+    images = [grid_boxes(seed, n=n) for seed, n in ((1, 30), (2, 1), (3, 57), (4, 12))]
+    assert_batch_equals_single_calls(fn, options, images, g)
 
 
 def test_batch_without_valid_and_bad_valid():
@@ -641,6 +653,154 @@ def test_option_errors_name_the_argument():
     for call, name in cases:
         with pytest.raises(ValueError, match=name):
             call()
+
+
+# ----------------------------------------------------------------------------------------------
+# the layout: size buckets, rows without boxes left skipped, column and rank blocks
+# ----------------------------------------------------------------------------------------------
+
+
+def uneven_classes(seed, n=240, dtype=torch.float64):
+    """Grid boxes in classes of very uneven size: about 30 % in class 0, the rest over up to 39
+    classes whose sizes fall off to single boxes."""
+    boxes, scores, _ = grid_boxes(seed, n=n, score_levels=20, dtype=dtype)
+    g = torch.Generator().manual_seed(1000 + seed)
+    idxs = (torch.rand(n, generator=g) ** 3 * 40).long()
+    return boxes, scores, idxs
+
+
+LAYOUTS = {
+    "one bucket": ({"bucket_plan": lambda sizes: [(0, len(sizes))]}, {}),
+    "a bucket per row": (
+        {"bucket_plan": lambda sizes: [(r, r + 1) for r in range(len(sizes))]},
+        {},
+    ),
+    "small blocks": ({}, {"_COLUMN_BLOCK": 5, "_GREEDY_FIRST": 3, "_GREEDY_BLOCK": 7}),
+    "one block": (
+        {},
+        {"_COLUMN_BLOCK": 1 << 30, "_GREEDY_FIRST": 1 << 30, "_GREEDY_BLOCK": 1 << 30},
+    ),
+}
+
+
+def with_layout(monkeypatch, name):
+    layout, dense = LAYOUTS[name]
+    for attr, value in layout.items():
+        monkeypatch.setattr(_layout, attr, value)
+    for attr, value in dense.items():
+        monkeypatch.setattr(_dense, attr, value)
+
+
+def test_bucket_plan():
+    assert _layout.bucket_plan([5, 4, 4, 1]) == [(0, 4)]
+    # one class of thousands of boxes among small ones gets its own bucket
+    assert _layout.bucket_plan([20000] + [30] * 79) == [(0, 1), (1, 80)]
+    assert _layout.bucket_plan([20000, 9000] + [3] * 40) == [(0, 1), (1, 2), (2, 42)]
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_layouts_give_identical_results(layout, monkeypatch):
+    """Buckets, block sizes and the skipped rows change which pairs are computed together, never a
+    result: keep sets equal, scores and boxes equal up to the order of sums."""
+    inputs = [uneven_classes(seed) for seed in range(12)]
+    inputs += [grid_boxes(seed, n=150, classes=6) for seed in range(4)]
+    want = [[fn(*x) for _, fn in ALL] for x in inputs]
+    with monkeypatch.context() as m:
+        with_layout(m, layout)
+        got = [[fn(*x) for _, fn in ALL] for x in inputs]
+    for x, results, expected in zip(range(len(inputs)), got, want):
+        for (name, _), a, b in zip(ALL, results, expected):
+            assert torch.equal(a[0], b[0]), (layout, name, x)
+            for u, v in zip(a[1:], b[1:]):
+                torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["a bucket per row", "small blocks"])
+def test_uneven_classes_match_the_references(layout, monkeypatch):
+    with_layout(monkeypatch, layout)
+    for seed in range(4):
+        boxes, scores, idxs = uneven_classes(seed, n=160)
+        assert_same(diou_nms(boxes, scores, idxs, 0.4), ref_diou_nms(boxes, scores, idxs, 0.4))
+        assert_same(matrix_nms(boxes, scores, idxs), ref_matrix_nms(boxes, scores, idxs))
+        assert_same(
+            weighted_nms(boxes, scores, idxs, 0.5), ref_weighted_nms(boxes, scores, idxs, 0.5), True
+        )
+        options = {"penalty": "score_distance", "weighted": True}
+        assert_same(
+            cluster_nms(boxes, scores, idxs, 0.5, **options),
+            ref_cluster_nms(boxes, scores, idxs, 0.5, **options),
+            boxes_too=True,
+        )
+        keep, _, voted = score_voting_nms(boxes, scores, idxs, 0.5)
+        assert set(keep.tolist()) == set(
+            torchvision.ops.batched_nms(boxes, scores, idxs, 0.5).tolist()
+        )
+        ref = torch.tensor(ref_score_voting(boxes, scores, idxs, keep.tolist()), dtype=voted.dtype)
+        torch.testing.assert_close(voted, ref.view(-1, 4), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("layout", ["a bucket per row", "small blocks"])
+@pytest.mark.parametrize("fn,options", BATCHED)
+def test_uneven_padded_batch_equals_per_image_calls(fn, options, layout, monkeypatch):
+    with_layout(monkeypatch, layout)
+    g = torch.Generator().manual_seed(5)
+    for seed in range(3):
+        images = [uneven_classes(10 * seed + k, n=n) for k, n in enumerate((90, 3, 140, 1))]
+        assert_batch_equals_single_calls(fn, options, images, g)
+
+
+def test_rank_order_of_float32_scores_equals_a_sort_by_score_then_class():
+    """float32 scores are ranked by one integer sort: the same order as the float64 path's two
+    stable sorts, with ties (+0 and -0 included), negative, tiny and huge scores."""
+    for seed in range(100):
+        g = torch.Generator().manual_seed(seed)
+        n = int(torch.randint(1, 300, (1,), generator=g))
+        s = torch.randint(-6, 7, (n,), generator=g).float() / 3
+        for p, value in ((0.1, -0.0), (0.05, 3e38 * (-1) ** seed), (0.05, 1e-45 * (-1) ** seed)):
+            s[torch.rand(n, generator=g) < p] = value
+        k = torch.randint(0, 5, (n,), generator=g)
+        fast = _layout._rank_order(_layout.prepare(torch.zeros(n, 4), s, k))
+        two_sorts = _layout._rank_order(_layout.prepare(torch.zeros(n, 4), s.double(), k))
+        assert torch.equal(fast, two_sorts), seed
+
+
+def test_scratch_buffers_are_reused_but_never_shared():
+    like = torch.zeros(1)
+    with _dense.scratch_for(like) as outer:
+        held = outer("iou", (10,)).fill_(1.0)
+        with _dense.scratch_for(like) as inner:  # starts while the outer one holds the buffers
+            inner("iou", (10,)).fill_(2.0)
+        assert (held == 1).all()
+    with _dense.scratch_for(like) as later:  # takes over what the last pass left
+        assert later("iou", (5,)).data_ptr() in (held.data_ptr(), inner.slots["iou"].data_ptr())
+    big = _dense._SCRATCH_KEEP_ELEMENTS + 1
+    with _dense.scratch_for(like) as scratch:
+        scratch("t1", (big,))
+    with _dense.scratch_for(like) as scratch:
+        assert "t1" not in scratch.slots  # slots above the limit are not kept
+
+
+def test_pair_terms_of_degenerate_boxes():
+    """Zero-area, inverted and point boxes: the IoU and the DIoU ratio of the formulas (IoU 0 where
+    the union is not positive, ratio 0 where c^2 = 0, also with rho^2 > 0 for inverted boxes)."""
+    boxes = [
+        [5, 5, 5, 5],
+        [0, 0, 10, 0],
+        [10, 10, 0, 0],
+        [12, 12, 0, 0],
+        [10, 0, 0, 10],
+        [0, 0, 10, 10],
+        [2, 2, 2, 9],
+        [5, 5, 6, 6],
+        [1, 2, 3, 4],
+    ]
+    t = torch.tensor(boxes, dtype=torch.float64)
+    iou, ratio = _dense.pair_terms(t[None], t[None], distance=True)
+    want_iou = torch.tensor([[py_iou(a, b) for b in boxes] for a in boxes], dtype=torch.float64)
+    want_ratio = [[min(py_distance_ratio(a, b), 1.0) for b in boxes] for a in boxes]
+    assert torch.equal(iou[0], want_iou)
+    torch.testing.assert_close(ratio[0], torch.tensor(want_ratio, dtype=torch.float64))
+    assert ratio[0, 3, 0] == 0  # c^2 = 0, rho^2 > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

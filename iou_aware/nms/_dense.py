@@ -1,293 +1,231 @@
-"""The padded layout and pairwise terms shared by the matrix-form NMS types (pure torch).
+"""Pairwise terms and the matrix iterations shared by the matrix-form NMS types (pure torch).
 
-Cluster-NMS, Matrix NMS, weighted NMS, DIoU-NMS and score voting all work on the same picture: the
-boxes of one class (of one image) sorted by score, highest first (ties: lower input index first),
-and a matrix of pairwise terms between them. :func:`prepare` validates the input (one image
-``(N, 4)`` or a padded batch ``(B, N, 4)`` with a ``valid`` mask), :func:`padded_rows` lays the
-boxes out as one padded row per (image, class) (:class:`Rows`), :func:`pair_terms` gives the IoU
-(with the arithmetic of torchvision's NMS kernel) and the DIoU distance ratio ``rho^2 / c^2`` of
-every pair of two row blocks, :func:`cluster_fixed_point` is the matrix iteration of Cluster-NMS
-(TCYB 2021, Algorithm 1), :func:`greedy_keep` greedy NMS for any pairwise criterion in bounded
-memory, and :func:`finish` turns per-row results into ``keep`` / ``out_scores`` /
-``out_boxes``, sorted by score (ties by index), cut to ``max_det`` per image.
+They work on the size-bucketed padded layout of :mod:`._layout` (one :class:`~._layout.Rows` per
+bucket, each processed on its own): :func:`pair_terms` gives the IoU (with the arithmetic of
+torchvision's NMS kernel) and the DIoU distance ratio ``rho^2 / c^2`` of every pair of two row
+blocks, :func:`cluster_fixed_point` is the matrix iteration of Cluster-NMS (TCYB 2021,
+Algorithm 1), :func:`greedy_keep` greedy NMS for any pairwise criterion in bounded memory (with,
+on request, the kept box that removed each removed box), :func:`column_blocks` the blocks of a
+pass over the columns, each over the rows that still have boxes there, and :func:`scratch_for`
+reusable buffers for the pairwise temporaries.
+
+Masks over pairs are float 0/1 tensors and reductions are ``amax`` / ``amin`` / ``sum``: on the
+CPU, comparisons into bool tensors, bool ``&`` and ``any`` cost several times a float operation.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import threading
 from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from ._common import check_inputs, compute_dtype, group_by_class, order_by_score
+from ._layout import Rows, pack
 
-# Pairwise blocks are built in row chunks of about this many elements (bounds the temporaries).
+# Pairwise blocks hold at most about this many elements (bounds the temporaries).
 _CHUNK_ELEMENTS = 1 << 22
-# Rank block of greedy_keep: each settles by a few (R, block, block) iterations, the kept boxes of
-# earlier blocks are tested in one (R, K, block) product.
+# column_blocks keeps a block within about this many elements (cache) unless that leaves fewer
+# than 32 columns.
+_CACHE_ELEMENTS = 1 << 18
+# Columns per block of a pass over the columns (column_blocks): over the upper triangle, and
+# against the kept boxes. Multiples of 32, so that the innermost dimension of every pairwise
+# operation fills whole vector loops (a 24- or 48-wide block ran 1.5-2x slower than 32 or 64).
+_COLUMN_BLOCK = 32
+_KEPT_COLUMN_BLOCK = 256
+# CPU scratch slots of up to this many elements are kept for the next pass of the thread.
+_SCRATCH_KEEP_ELEMENTS = 1 << 20
+_LEFT = threading.local()
+# Rank blocks of greedy_keep: the first _GREEDY_FIRST columns, then twice as many each time up to
+# _GREEDY_BLOCK. Each settles by a few (R, block, block) iterations, the kept boxes of earlier
+# blocks are tested in one (R, K, block) product.
+_GREEDY_FIRST = 32
 _GREEDY_BLOCK = 256
 
 
-def check_finite(**tensors: Tensor) -> None:
-    """Raise ``ValueError`` naming the first argument that holds a NaN or an infinity."""
-    for name, t in tensors.items():
-        if (
-            t is not None
-            and t.is_floating_point()
-            and t.numel()
-            and not bool(torch.isfinite(t).all())
-        ):
-            raise ValueError(
-                f"{name} contains NaN or infinite values; NMS needs finite {name} "
-                "(filter or clamp them before calling)"
-            )
+class Scratch:
+    """Reusable buffers for the pairwise temporaries of a pass (named slots, each a flat tensor
+    grown as needed and viewed in the requested shape); a view stays valid until its slot is
+    requested again.
+
+    On the CPU fresh multi-megabyte tensors cost page faults, several times the arithmetic itself
+    (two live 2 MB temporaries per block: 3 ns per element, against 0.2 ns written into existing
+    buffers, one thread), so the pairwise operations write into these slots; see also
+    :func:`scratch_for`."""
+
+    def __init__(self, like: Tensor, slots: Optional[dict] = None):
+        self.like = like
+        self.slots = {} if slots is None else slots
+
+    def __call__(self, name: str, shape) -> Tensor:
+        n = 1
+        for d in shape:
+            n *= d
+        buf = self.slots.get(name)
+        if buf is None or buf.numel() < n:
+            grown = 2 * buf.numel() if buf is not None else 0
+            buf = self.slots[name] = self.like.new_empty(max(n, grown))
+        return buf[:n].view(shape)
 
 
-def check_max_det(max_det: Optional[int]) -> Optional[int]:
-    if max_det is None:
-        return None
-    if isinstance(max_det, bool) or not isinstance(max_det, int) or max_det < 0:
-        raise ValueError(f"max_det must be None or an integer >= 0, got {max_det!r}")
-    return max_det
+@contextlib.contextmanager
+def scratch_for(like: Tensor):
+    """A :class:`Scratch` for one pass. On the CPU it takes over the slots (up to
+    ``_SCRATCH_KEEP_ELEMENTS`` elements each) that the last pass of this thread and dtype left,
+    and leaves its own at the end, so that repeated calls reuse memory; a pass that starts while
+    another one holds them starts empty, so no two share a buffer."""
+    if like.device.type != "cpu":
+        yield Scratch(like)
+        return
+    left = _LEFT.__dict__.setdefault("slots", {})
+    scratch = Scratch(like, left.pop(like.dtype, None))
+    try:
+        yield scratch
+    finally:
+        left[like.dtype] = {
+            k: v for k, v in scratch.slots.items() if v.numel() <= _SCRATCH_KEEP_ELEMENTS
+        }
 
 
-@dataclass
-class Prepared:
-    """Validated input, flattened: ``boxes`` (M, 4) and ``scores`` (M,) in the computation dtype,
-    ``key`` (M,) the row key ((image, class) or image alone when class-agnostic), ``image`` (M,)
-    and ``index`` (M,) the image and the index within the image of each box; ``batch`` is ``None``
-    for one image, else ``(B, N)``."""
-
-    boxes: Tensor
-    scores: Tensor
-    key: Tensor
-    image: Tensor
-    index: Tensor
-    batch: Optional[Tuple[int, int]]
-    dtype: torch.dtype
-
-
-def prepare(
-    boxes: Tensor,
-    scores: Tensor,
-    idxs: Tensor,
-    *,
-    class_agnostic: bool = False,
-    valid: Optional[Tensor] = None,
-    batch_ok: bool = False,
-) -> Prepared:
-    """Check the arguments of an NMS call and flatten them (see :class:`Prepared`).
-
-    One image: ``boxes`` (N, 4), ``scores`` and ``idxs`` (N,). A padded batch (where
-    ``batch_ok``): ``boxes`` (B, N, 4), ``scores`` and ``idxs`` (B, N) and optionally ``valid``
-    (B, N) bool, False for padding slots (ignored whatever they hold)."""
-    if not isinstance(class_agnostic, bool):
-        raise ValueError(f"class_agnostic must be True or False, got {class_agnostic!r}")
-    if isinstance(boxes, Tensor) and boxes.dim() == 3 and batch_ok:
-        b, n = boxes.shape[:2]
-        if boxes.shape[2] != 4:
-            raise ValueError(
-                f"boxes must have shape (B, N, 4) for a batch, got {tuple(boxes.shape)}"
-            )
-        for name, t in (("scores", scores), ("idxs", idxs), ("valid", valid)):
-            if name == "valid" and t is None:
-                continue
-            if not isinstance(t, Tensor) or tuple(t.shape) != (b, n):
-                got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-                raise ValueError(f"{name} must have shape (B, N) = {(b, n)} like boxes, got {got}")
-            if t.device != boxes.device:
-                raise ValueError(f"{name} is on {t.device} but boxes are on {boxes.device}")
-        if valid is not None and valid.dtype != torch.bool:
-            raise ValueError(f"valid must be a bool tensor (False for padding), got {valid.dtype}")
-        pos = torch.arange(b * n, device=boxes.device)
-        flat = [boxes.reshape(-1, 4), scores.reshape(-1), idxs.reshape(-1), pos]
-        if valid is not None:
-            flat = [t[valid.reshape(-1)] for t in flat]
-        flat_boxes, flat_scores, flat_idxs, pos = flat
-        image, index = torch.div(pos, n, rounding_mode="floor"), pos % max(n, 1)
-        batch = (b, n)
-    else:
-        if valid is not None:
-            raise ValueError(
-                "valid is for a padded batch (boxes of shape (B, N, 4)); "
-                "pass valid=None for one image"
-            )
-        check_inputs(boxes, scores=scores, idxs=idxs)
-        flat_boxes, flat_scores, flat_idxs = boxes, scores, idxs
-        index = torch.arange(boxes.shape[0], device=boxes.device)
-        image = torch.zeros_like(index)
-        batch = None
-    if flat_idxs.is_floating_point() or flat_idxs.is_complex():
-        raise ValueError(f"idxs must hold integer class ids, got {flat_idxs.dtype}")
-    check_finite(boxes=flat_boxes, scores=flat_scores)
-    dtype = compute_dtype(boxes, scores)
-    if class_agnostic or flat_idxs.numel() == 0:
-        key = image
-    else:
-        cls = flat_idxs.long()
-        cls = cls - cls.min()
-        key = image * (cls.max() + 1) + cls
-    return Prepared(flat_boxes.to(dtype), flat_scores.to(dtype), key, image, index, batch, dtype)
-
-
-@dataclass
-class Rows:
-    """One padded row per row key, boxes sorted by score (ties: lower index first).
-
-    ``pos`` (R, W): position in the flattened input (-1 for padding); ``valid`` (R, W);
-    ``boxes`` (R, W, 4) (zeros in padding); ``scores`` (R, W) (zeros in padding)."""
-
-    pos: Tensor
-    valid: Tensor
-    boxes: Tensor
-    scores: Tensor
-
-    @property
-    def width(self) -> int:
-        return self.pos.shape[1]
-
-
-def padded_rows(prep: Prepared) -> Rows:
-    m = prep.scores.shape[0]
-    device = prep.scores.device
-    # sort by score, ties by index within the image (index order = flattened order)
-    order = torch.argsort(prep.scores, descending=True, stable=True)
-    perm, row, starts, counts = group_by_class(prep.key, order)
-    num_rows, width = counts.shape[0], int(counts.max())
-    flat = row * width + (torch.arange(m, device=device) - starts.index_select(0, row))
-    pos = torch.full((num_rows * width,), -1, dtype=torch.int64, device=device)
-    pos[flat] = perm
-    boxes = prep.boxes.new_zeros((num_rows * width, 4))
-    boxes[flat] = prep.boxes.index_select(0, perm)
-    scores = prep.scores.new_zeros(num_rows * width)
-    scores[flat] = prep.scores.index_select(0, perm)
-    pos = pos.view(num_rows, width)
-    return Rows(pos, pos >= 0, boxes.view(num_rows, width, 4), scores.view(num_rows, width))
-
-
-def pair_terms(a: Tensor, b: Tensor, distance: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+def pair_terms(
+    a: Tensor, b: Tensor, distance: bool = False, scratch: Optional[Scratch] = None
+) -> Tuple[Tensor, Optional[Tensor]]:
     """IoU and (with ``distance``) the DIoU ratio ``rho^2 / c^2`` of every pair ``(a_i, b_j)`` of
-    two row blocks ``a`` (R, P, 4), ``b`` (R, Q, 4) -> (R, P, Q).
+    two row blocks ``a`` (R, P, 4), ``b`` (R, Q, 4) -> (R, P, Q), in ``scratch``'s slots ``iou``
+    and ``ratio`` (with ``t1``-``t3`` as temporaries) when given.
 
     IoU is ``inter / (area_a + area_b - inter)`` with ``area = (x2 - x1) * (y2 - y1)``: the
     arithmetic of torchvision's NMS kernel, so that thresholding it decides every pair as the
     kernel does. A pair whose union is not positive (two zero-area boxes) gets IoU 0, a pair with
     ``c^2 = 0`` (two equal point boxes) ratio 0, so degenerate boxes give finite values.
     ``rho`` is the distance of the box centres, ``c`` the diagonal of the smallest box enclosing
-    both (the DIoU penalty term of Zheng et al., AAAI 2020)."""
-    ax1, ay1, ax2, ay2 = a.unsqueeze(2).unbind(3)
-    bx1, by1, bx2, by2 = b.unsqueeze(1).unbind(3)
+    both (the DIoU penalty term of Zheng et al., AAAI 2020).
+
+    Both are exact quotients of the same operands as the formulas: the positive-union case never
+    needs a mask (``inter > 0`` implies ``union > 0``; ``union <= 0`` leaves ``0 / union``, 0 or
+    ``-0``, or ``0 / 0``, which becomes 0), and ``rho^2`` is zeroed where ``c^2 = 0`` (an
+    overflowing quotient still clamps to 1). Boxes stored coordinate-major
+    (:func:`~._layout.planar_zeros`) are read contiguously."""
+    scratch = scratch or Scratch(a)
+    shape = (a.shape[0], a.shape[1], b.shape[1])
+    ax1, ay1, ax2, ay2 = (t.unsqueeze(2) for t in a.unbind(2))
+    bx1, by1, bx2, by2 = (t.unsqueeze(1) for t in b.unbind(2))
     area_a = (ax2 - ax1) * (ay2 - ay1)
     area_b = (bx2 - bx1) * (by2 - by1)
-    w = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp_(min=0)
-    h = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp_(min=0)
-    inter = w * h
-    union = area_a + area_b - inter
-    iou = torch.where(union > 0, inter / union, torch.zeros_like(inter))
+    inter = torch.minimum(ax2, bx2, out=scratch("iou", shape))
+    t1, t2 = scratch("t1", shape), scratch("t2", shape)
+    inter.sub_(torch.maximum(ax1, bx1, out=t1)).clamp_(min=0)
+    h = torch.minimum(ay2, by2, out=t1).sub_(torch.maximum(ay1, by1, out=t2)).clamp_(min=0)
+    inter.mul_(h)
+    union = torch.add(area_a, area_b, out=t1).sub_(inter)
+    iou = inter.div_(union).nan_to_num_(nan=0.0)
     if not distance:
         return iou, None
-    dx = (ax1 + ax2) - (bx1 + bx2)
-    dy = (ay1 + ay2) - (by1 + by2)
-    rho2 = (dx * dx + dy * dy) * 0.25
-    cw = torch.maximum(ax2, bx2) - torch.minimum(ax1, bx1)
-    ch = torch.maximum(ay2, by2) - torch.minimum(ay1, by1)
-    c2 = cw * cw + ch * ch
-    ratio = torch.where(c2 > 0, rho2 / c2, torch.zeros_like(c2)).clamp_(max=1.0)
+    dx = torch.sub(ax1 + ax2, bx1 + bx2, out=scratch("ratio", shape))
+    dy = torch.sub(ay1 + ay2, by1 + by2, out=t1)
+    rho2 = dx.mul_(dx).add_(dy.mul_(dy)).mul_(0.25)
+    t3 = scratch("t3", shape)
+    cw = torch.maximum(ax2, bx2, out=t1).sub_(torch.minimum(ax1, bx1, out=t2))
+    ch = torch.maximum(ay2, by2, out=t2).sub_(torch.minimum(ay1, by1, out=t3))
+    c2 = cw.mul_(cw).add_(ch.mul_(ch))
+    # rho^2 * sign(c^2): 0 / 0 where c^2 = 0 (rho^2 may be > 0 there for inverted boxes)
+    ratio = rho2.mul_(torch.sign(c2, out=t2)).div_(c2).nan_to_num_(nan=0.0).clamp_(max=1.0)
     return iou, ratio
 
 
-@dataclass
-class Packed:
-    """The boxes of a mask over a :class:`Rows` layout, packed to the left of a (R, K) block in
-    rank order: ``boxes`` (R, K, 4), ``scores`` and ``valid`` (R, K), ``rank`` (R, K) their column
-    in the layout (``W`` in padding); ``row``, ``col``, ``slot``: for each packed box its row,
-    layout column and packed column."""
-
-    boxes: Tensor
-    scores: Tensor
-    valid: Tensor
-    rank: Tensor
-    row: Tensor
-    col: Tensor
-    slot: Tensor
-
-    def unpack(self, values: Tensor, into: Tensor) -> Tensor:
-        """Copy of ``into`` (R, W, ...) with the packed ``values`` (R, K, ...) at their columns."""
-        out = into.clone()
-        out[self.row, self.col] = values[self.row, self.slot]
-        return out
+def strict_upper(n: int, like: Tensor) -> Tensor:
+    """(n, n) float mask, 1 where ``i < j``."""
+    return torch.ones((n, n), dtype=like.dtype, device=like.device).triu_(1)
 
 
-def pack(rows: Rows, mask: Tensor) -> Packed:
-    r, w = rows.pos.shape
-    slot = torch.cumsum(mask, 1) - 1
-    width = max(1, int(mask.sum(1).max()))
-    row, col = torch.nonzero(mask, as_tuple=True)
-    slot = slot[row, col]
-    boxes = rows.boxes.new_zeros((r, width, 4))
-    boxes[row, slot] = rows.boxes[row, col]
-    scores = rows.scores.new_zeros((r, width))
-    scores[row, slot] = rows.scores[row, col]
-    valid = torch.zeros((r, width), dtype=torch.bool, device=mask.device)
-    valid[row, slot] = True
-    rank = torch.full((r, width), w, dtype=torch.int64, device=mask.device)
-    rank[row, slot] = col
-    return Packed(boxes, scores, valid, rank, row, col, slot)
+def column_blocks(rows: Rows, depth: Optional[int] = None):
+    """Blocks of columns ``(c0, c1, ra)``: columns ``[c0, c1)`` (``_COLUMN_BLOCK``, or
+    ``_KEPT_COLUMN_BLOCK`` against ``depth`` kept boxes) and the
+    number ``ra`` of rows with a box in column ``c0`` (a prefix; the other rows have none left
+    there), sized so that an (ra, depth, c1 - c0) block stays within ``_CHUNK_ELEMENTS``.
+    ``depth``: the other side of the pairs (default ``c1``: the boxes ranked above the block's and
+    its own, a pass over the upper triangle)."""
+    w, c0 = rows.width, 0
+    cols = _COLUMN_BLOCK if depth is None else _KEPT_COLUMN_BLOCK
+    while c0 < w:
+        ra = rows.active(c0)
+        d = min(w, c0 + cols) if depth is None else depth
+        pairs = max(1, ra * d)
+        q = min(cols, max(32, _CACHE_ELEMENTS // pairs), max(1, _CHUNK_ELEMENTS // pairs))
+        c1 = min(w, c0 + (q - q % 32 if q > 32 else q))
+        yield c0, c1, ra
+        c0 = c1
 
 
-def column_chunks(rows: Rows):
-    """Slices of the columns (boxes) such that an (R, W, chunk) block stays small."""
-    r, w = rows.pos.shape
-    step = max(1, _CHUNK_ELEMENTS // max(1, r * w))
-    return [slice(j, min(w, j + step)) for j in range(0, w, step)]
-
-
-def upper(rows: Rows, cols: Optional[slice] = None, rows_slice: Optional[slice] = None) -> Tensor:
-    """(R, P, Q) bool for the boxes ``i`` of ``rows_slice`` and ``j`` of ``cols`` (default: all):
-    ``i`` ranked above ``j`` (``i < j``), both real boxes."""
-    w = rows.width
-    cols = cols or slice(0, w)
-    rows_slice = rows_slice or slice(0, w)
-    device = rows.pos.device
-    i = torch.arange(rows_slice.start, rows_slice.stop, device=device).view(-1, 1)
-    j = torch.arange(cols.start, cols.stop, device=device).view(1, -1)
-    return (
-        (i < j).unsqueeze(0)
-        & rows.valid[:, rows_slice].unsqueeze(2)
-        & rows.valid[:, cols].unsqueeze(1)
-    )
+def first_nonzero(mask: Tensor) -> Tuple[Tensor, Tensor]:
+    """For a float 0/1 ``mask`` (R, P, Q): ``(any, first)`` (R, Q), whether a column holds a 1 and
+    the index of its first 1 along P (0 where none): ``amax`` of the mask weighted ``P - i``
+    (``argmax`` is many times slower on the CPU). Overwrites ``mask``."""
+    p = mask.shape[1]
+    down = torch.arange(p, 0, -1, dtype=mask.dtype, device=mask.device).view(1, -1, 1)
+    top = mask.mul_(down).amax(1)
+    return top > 0, (p - top).long().remainder_(p)
 
 
 def greedy_keep(
-    rows: Rows, criterion: Callable[[Tensor, Tensor], Tensor], threshold: float
-) -> Tensor:
-    """Greedy NMS of every row at once for a pairwise ``criterion(a, b)`` ((R, P, 4), (R, Q, 4) ->
-    (R, P, Q)): a box is kept unless a kept box ranked above it has ``criterion > threshold``.
+    rows: Rows,
+    criterion: Callable[[Tensor, Tensor, Scratch], Tensor],
+    threshold: float,
+    suppressors: bool = False,
+):
+    """Greedy NMS of every row at once for a pairwise ``criterion(a, b, scratch)`` ((R, P, 4),
+    (R, Q, 4) -> (R, P, Q), possibly in ``scratch``): a box is kept unless a kept box ranked above
+    it has ``criterion > threshold``.
 
-    The columns are taken in blocks in rank order. The boxes of a block that a box kept in an
-    earlier block suppresses are removed (the kept boxes packed into an (R, K) block, K the most
-    kept in a row so far), and :func:`cluster_fixed_point` settles the rest of the block among
-    themselves. By induction over the blocks this is the greedy result, with (R, K + block, block)
-    temporaries instead of (R, W, W); when the whole matrix is small there is one block and this
-    is Cluster-NMS's iteration itself."""
+    The columns are taken in blocks in rank order, growing from ``_GREEDY_FIRST`` to
+    ``_GREEDY_BLOCK`` columns, each over the rows that have boxes in it. The boxes of a block that
+    a box kept in an earlier block suppresses are removed (the kept boxes packed into an (R, K)
+    block, K the most kept in a row so far), and :func:`cluster_fixed_point` settles the rest of
+    the block among themselves. By induction over the blocks this is the greedy result, with
+    (R, K + block, block) temporaries instead of (R, W, W); a row of ``n`` boxes costs about
+    ``n x (kept + block)`` pairs.
+
+    Returns ``kept`` (R, W) bool or, with ``suppressors``, ``(kept, by)``: ``by`` (R, W) int64 the
+    layout column of the first kept box ranked above each removed box with ``criterion >
+    threshold`` (the box that removes it in the greedy loop); meaningless for kept and padding
+    boxes."""
     r, w = rows.pos.shape
-    block = min(_GREEDY_BLOCK, max(16, _CHUNK_ELEMENTS // max(1, r * w)))
+    cap = min(_GREEDY_BLOCK, max(16, _CHUNK_ELEMENTS // max(1, r * w)))
     kept = torch.zeros_like(rows.valid)
-    dtype = rows.boxes.dtype
-    for a0 in range(0, w, block):
-        cols = slice(a0, min(w, a0 + block))
-        cand = rows.valid[:, cols]
-        if a0 > 0:
-            earlier = pack(rows, kept)  # kept is still False from column a0 on
-            hit = (
-                criterion(earlier.boxes, rows.boxes[:, cols]) > threshold
-            ) & earlier.valid.unsqueeze(2)
-            cand = cand & ~hit.any(1)
-        inside = criterion(rows.boxes[:, cols], rows.boxes[:, cols]) > threshold
-        x = (inside & upper(rows, cols, rows_slice=cols)).to(dtype)
-        kept[:, cols] = cluster_fixed_point(x, cand)
-    return kept
+    by = torch.zeros_like(rows.pos) if suppressors else None
+    a0, size, most_kept = 0, min(_GREEDY_FIRST, cap), 0
+    with scratch_for(rows.boxes) as scratch:
+        while a0 < w:
+            ra = rows.active(a0)  # the rows with boxes in this block
+            while size > _GREEDY_FIRST and ra * size * max(size, most_kept) > _CACHE_ELEMENTS:
+                size //= 2
+            a1 = min(w, a0 + size)
+            boxes = rows.boxes[:ra, a0:a1]
+            cand = rows.valid[:ra, a0:a1]
+            if a0 > 0:
+                earlier = pack(rows.prefix(ra, a0), kept[:ra, :a0])
+                most_kept = earlier.rank.shape[1]
+                over = criterion(earlier.boxes, boxes, scratch).gt_(threshold)
+                over.mul_(earlier.valid.to(over.dtype).unsqueeze(2))
+                if suppressors:
+                    hit, first = first_nonzero(over)
+                    by[:ra, a0:a1] = earlier.rank.gather(1, first)
+                else:
+                    hit = over.amax(1) > 0
+                cand = cand & ~hit
+            x = criterion(boxes, boxes, scratch).gt_(threshold)
+            x.mul_(strict_upper(x.shape[1], x))
+            k = cluster_fixed_point(x, cand)
+            kept[:ra, a0:a1] = k
+            if suppressors:
+                _, first = first_nonzero(x.mul_(k.to(x.dtype).unsqueeze(2)))
+                if a0 > 0:
+                    by[:ra, a0:a1] = torch.where(hit, by[:ra, a0:a1], first + a0)
+                else:
+                    by[:ra, a0:a1] = first + a0
+            a0, size = a1, min(cap, 2 * size)
+    return (kept, by) if suppressors else kept
 
 
 def cluster_fixed_point(x: Tensor, candidates: Tensor) -> Tensor:
@@ -310,10 +248,14 @@ def cluster_fixed_point(x: Tensor, candidates: Tensor) -> Tensor:
         kept = new
 
 
-def weighted_sum(weights: Tensor, boxes: Tensor) -> Tensor:
+def weighted_sum(weights: Tensor, boxes: Tensor, tmp: Optional[Tensor] = None) -> Tensor:
     """``sum_j weights[r, i, j] * boxes[r, j]`` -> (R, P, 4), as elementwise products and sums
-    rather than a matrix product, which TF32 (when enabled on CUDA) would round to 10 bits."""
-    return torch.stack([(weights * boxes[:, :, c].unsqueeze(1)).sum(2) for c in range(4)], 2)
+    rather than a matrix product, which TF32 (when enabled on CUDA) would round to 10 bits;
+    ``tmp``: a buffer shaped like ``weights`` for the products."""
+    tmp = torch.empty_like(weights) if tmp is None else tmp
+    return torch.stack(
+        [torch.mul(weights, boxes[:, :, c].unsqueeze(1), out=tmp).sum(2) for c in range(4)], 2
+    )
 
 
 def weighted_mean(
@@ -326,74 +268,3 @@ def weighted_mean(
     num = num + self_weight.unsqueeze(-1) * boxes
     den = torch.where(ok, den + self_weight, 1.0)
     return torch.where(ok.unsqueeze(-1), num / den.unsqueeze(-1), boxes)
-
-
-def finish(
-    prep: Prepared,
-    rows: Rows,
-    out: Tensor,
-    scores: Tensor,
-    boxes: Optional[Tensor] = None,
-    max_det: Optional[int] = None,
-):
-    """Per-row results -> the public return value.
-
-    ``out`` (R, W) bool: the boxes in the output; ``scores`` (R, W) their output scores; ``boxes``
-    (R, W, 4) their output boxes (fusion types). One image: ``(keep, out_scores[, out_boxes])``,
-    ``keep`` int64 indices into the input sorted by output score (ties: lower index), at most
-    ``max_det``. A batch: the same per image as padded (B, K) / (B, K, 4) tensors, ``keep = -1``,
-    score 0 and box 0 in the padding slots (K = the most any image keeps)."""
-    pos = rows.pos[out]
-    sc = scores[out]
-    bx = boxes[out] if boxes is not None else None
-    if prep.batch is None:
-        keep = prep.index.index_select(0, pos)
-        if bx is not None:  # align the boxes with the sorted keep through the input index
-            full = bx.new_zeros((prep.index.shape[0], 4))
-            full[keep] = bx
-        keep, sc = order_by_score(keep, sc)
-        if max_det is not None:
-            keep, sc = keep[:max_det], sc[:max_det]
-        return (keep, sc) if bx is None else (keep, sc, full.index_select(0, keep))
-    b, n = prep.batch
-    device = pos.device
-    image, index = prep.image.index_select(0, pos), prep.index.index_select(0, pos)
-    # order: image ascending, then score descending, then index ascending
-    o = torch.argsort(index, stable=True)
-    o = o[torch.argsort(sc[o], descending=True, stable=True)]
-    o = o[torch.argsort(image[o], stable=True)]
-    image, index, sc = image[o], index[o], sc[o]
-    counts = torch.bincount(image, minlength=b)
-    first = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(image.shape[0], device=device) - first.index_select(0, image)
-    take = rank < max_det if max_det is not None else torch.ones_like(rank, dtype=torch.bool)
-    if max_det is not None:
-        counts = counts.clamp(max=max_det)
-    k = int(counts.max()) if b else 0
-    keep = torch.full((b, k), -1, dtype=torch.int64, device=device)
-    out_scores = sc.new_zeros((b, k))
-    image, rank = image[take], rank[take]
-    keep[image, rank] = index[take]
-    out_scores[image, rank] = sc[take]
-    if bx is None:
-        return keep, out_scores
-    out_boxes = bx.new_zeros((b, k, 4))
-    out_boxes[image, rank] = bx[o][take]
-    return keep, out_scores, out_boxes
-
-
-def empty_like_result(prep: Prepared, fused: bool, device):
-    """The return value of an NMS that keeps nothing (no boxes in the input)."""
-    dtype = prep.dtype
-    if prep.batch is None:
-        res = (
-            torch.empty(0, dtype=torch.int64, device=device),
-            torch.empty(0, dtype=dtype, device=device),
-        )
-        return res + (torch.empty((0, 4), dtype=dtype, device=device),) if fused else res
-    b = prep.batch[0]
-    res = (
-        torch.empty((b, 0), dtype=torch.int64, device=device),
-        torch.empty((b, 0), dtype=dtype, device=device),
-    )
-    return res + (torch.empty((b, 0, 4), dtype=dtype, device=device),) if fused else res

@@ -11,19 +11,15 @@ import torch
 from torch import Tensor
 
 from ._dense import (
-    check_max_det,
-    cluster_fixed_point,
-    column_chunks,
-    empty_like_result,
-    finish,
+    column_blocks,
+    greedy_keep,
     pair_terms,
-    padded_rows,
-    prepare,
-    upper,
+    scratch_for,
     weighted_mean,
     weighted_sum,
 )
-from .diou import check_beta
+from ._layout import Rows, check_max_det, empty_like_result, finish, pack, padded_rows, prepare
+from .diou import check_beta, diou_criterion, iou_criterion
 from ._common import check_real
 
 CRITERIA = ("iou", "diou")
@@ -65,8 +61,10 @@ def cluster_nms(
     exactly the greedy NMS result (shown in the paper), reached in at most as many steps as the
     longest chain of suppressions. Here a pair suppresses when its value is ``> iou_threshold``
     (torchvision's convention; the paper keeps ``< eps``), so the plain form keeps exactly what
-    ``torchvision.ops.batched_nms`` keeps. The matrix is (classes x largest class^2): memory
-    grows with the square of the largest class.
+    ``torchvision.ops.batched_nms`` keeps. The kept set is computed block by block in rank order
+    (``_dense.greedy_keep``: boxes suppressed by the kept boxes of earlier blocks in one batched
+    product, the rest of a block by exactly this iteration), every class at once, in memory
+    classes x (kept + block) x block rather than classes x largest class^2.
 
     Variants (same paper, "Cluster-NMS" with geometric factors):
 
@@ -95,7 +93,7 @@ def cluster_nms(
     One image: ``boxes`` (N, 4), ``scores``, ``idxs`` (N,); returns ``(keep, out_scores)`` or, with
     ``weighted``, ``(keep, out_scores, out_boxes)``, sorted by output score (ties by index).
     A padded batch: ``boxes`` (B, N, 4), ``scores``, ``idxs`` and ``valid`` (B, N) (``valid``
-    False for padding, default all valid), computed in one matrix for all images; returns the same
+    False for padding, default all valid), computed for all images at once; returns the same
     per image as (B, K) / (B, K, 4) tensors, with ``keep = -1`` (score 0, box 0) in unused slots.
     """
     iou_threshold = check_real(iou_threshold, "iou_threshold")
@@ -115,50 +113,63 @@ def cluster_nms(
     prep = prepare(boxes, scores, idxs, class_agnostic=class_agnostic, valid=valid, batch_ok=True)
     if prep.scores.numel() == 0:
         return empty_like_result(prep, weighted, boxes.device)
-    rows = padded_rows(prep)
-    r, w = rows.pos.shape
-    dtype = rows.boxes.dtype
-    chunks = column_chunks(rows)
-
-    x = torch.empty((r, w, w), dtype=dtype, device=rows.boxes.device)
-    for cols in chunks:
-        iou, ratio = pair_terms(rows.boxes, rows.boxes[:, cols], distance=criterion == "diou")
-        crit = iou - ratio.pow(beta) if criterion == "diou" else iou
-        x[:, :, cols] = ((crit > iou_threshold) & upper(rows, cols)).to(dtype)
-    kept = cluster_fixed_point(x, rows.valid)
-    del x
-
-    out, out_scores, out_boxes = kept, rows.scores, None
-    if penalty != "none" or weighted:
-        kept_rows = kept.to(dtype).unsqueeze(2)  # (R, W, 1): E
-        log_decay = torch.zeros((r, w), dtype=dtype, device=rows.boxes.device)
-        num = torch.zeros_like(rows.boxes)
-        den = torch.zeros_like(rows.scores)
-        for cols in chunks:
-            iou, ratio = pair_terms(
-                rows.boxes, rows.boxes[:, cols], distance=penalty == "score_distance"
+    suppresses = diou_criterion(beta) if criterion == "diou" else iou_criterion
+    parts = []
+    for rows in padded_rows(prep):
+        kept = greedy_keep(rows, suppresses, iou_threshold)
+        out, out_scores, out_boxes = kept, rows.scores, None
+        if penalty != "none" or weighted:
+            out_scores, out_boxes = _penalty_and_weights(
+                rows, kept, penalty, sigma, distance_beta, weighted, weighted_threshold
             )
-            up = upper(rows, cols)
             if penalty != "none":
-                g = iou.square().mul_(-1.0 / sigma)  # log exp(-C^2 / sigma)
-                if penalty == "score_distance":
-                    g = (g.exp_() + ratio.pow(distance_beta)).clamp_(max=1.0).log_()
-                g = torch.where(up, g, torch.zeros_like(g))
-                log_decay[:, cols] = (g * kept_rows).sum(1)  # sum over the kept rows i
-            if weighted:
-                vote = up & (iou > weighted_threshold) & kept.unsqueeze(2)
-                wij = torch.where(
-                    vote, iou * rows.scores[:, cols].unsqueeze(1), torch.zeros_like(iou)
-                )
-                num += weighted_sum(wij, rows.boxes[:, cols])
-                den += wij.sum(2)
-        if penalty != "none":
-            out_scores = rows.scores * log_decay.exp()
-            out = rows.valid
-        if weighted:
-            out_boxes = weighted_mean(
-                num, den, rows.boxes, torch.where(kept, rows.scores, 0.0), kept
+                out = rows.valid
+        if score_threshold is not None:
+            out = out & (out_scores >= score_threshold)
+        parts.append(rows.select(out, out_scores, out_boxes))
+    return finish(prep, parts, max_det=max_det)
+
+
+def _penalty_and_weights(
+    rows: Rows,
+    kept: Tensor,
+    penalty: str,
+    sigma: float,
+    distance_beta: float,
+    weighted: bool,
+    weighted_threshold: float,
+):
+    """The output scores and boxes of the penalized and weighted forms, from the pairs of the final
+    ``C = E X``: kept box ``i`` (packed per row), any box ``j`` ranked below it."""
+    dtype = rows.boxes.dtype
+    packed = pack(rows, kept)
+    rank = packed.rank.to(dtype).unsqueeze(2)  # (R, K, 1); the layout width in padding slots
+    log_decay = torch.zeros_like(rows.scores)
+    num = torch.zeros_like(packed.boxes)
+    den = torch.zeros_like(packed.scores)
+    with scratch_for(rows.boxes) as scratch:
+        for c0, c1, ra in column_blocks(rows, depth=packed.rank.shape[1]):
+            cols = (slice(0, ra), slice(c0, c1))
+            iou, ratio = pair_terms(
+                packed.boxes[:ra], rows.boxes[cols], penalty == "score_distance", scratch
             )
-    if score_threshold is not None:
-        out = out & (out_scores >= score_threshold)
-    return finish(prep, rows, out, out_scores, out_boxes, max_det=max_det)
+            j = torch.arange(c0, c1, dtype=dtype, device=iou.device).view(1, 1, -1)
+            above = torch.lt(rank[:ra], j, out=scratch("above", iou.shape))  # kept i above j
+            if penalty != "none":
+                g = torch.square(iou, out=scratch("t1", iou.shape)).mul_(-1.0 / sigma)  # log exp
+                if penalty == "score_distance":
+                    g = g.exp_().add_(ratio.pow_(distance_beta)).clamp_(max=1.0).log_()
+                # finite, so that the mask zeroes it; exp of the sum is 0 either way
+                g.clamp_(min=torch.finfo(dtype).min)
+                log_decay[cols] = g.mul_(above).sum(1)  # sum over the kept rows i
+            if weighted:
+                vote = torch.gt(iou, weighted_threshold, out=scratch("t2", iou.shape)).mul_(above)
+                wij = iou.mul_(rows.scores[cols].unsqueeze(1)).mul_(vote)
+                num[:ra] += weighted_sum(wij, rows.boxes[cols], vote)
+                den[:ra] += wij.sum(2)
+    out_scores = rows.scores * log_decay.exp() if penalty != "none" else rows.scores
+    out_boxes = None
+    if weighted:
+        merged = weighted_mean(num, den, packed.boxes, packed.scores, packed.valid)
+        out_boxes = packed.unpack(merged, rows.boxes)
+    return out_scores, out_boxes

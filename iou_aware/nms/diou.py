@@ -7,15 +7,8 @@ from typing import Optional, Tuple
 
 from torch import Tensor
 
-from ._dense import (
-    check_max_det,
-    finish,
-    empty_like_result,
-    greedy_keep,
-    pair_terms,
-    padded_rows,
-    prepare,
-)
+from ._dense import Scratch, greedy_keep, pair_terms
+from ._layout import check_max_det, empty_like_result, finish, padded_rows, prepare
 from ._common import check_real
 
 
@@ -26,13 +19,18 @@ def check_beta(beta, name: str = "beta") -> float:
     return beta
 
 
+def iou_criterion(a: Tensor, b: Tensor, scratch: Optional[Scratch] = None) -> Tensor:
+    """The IoU of every pair of two row blocks (the criterion of plain greedy NMS)."""
+    return pair_terms(a, b, scratch=scratch)[0]
+
+
 def diou_criterion(beta: float):
     """``IoU(a_i, b_j) - (rho^2 / c^2)^beta`` of every pair of two row blocks (the DIoU-NMS test of
     AAAI 2020, with the power ``beta`` of TCYB 2021)."""
 
-    def criterion(a: Tensor, b: Tensor) -> Tensor:
-        iou, ratio = pair_terms(a, b, distance=True)
-        return iou - (ratio if beta == 1.0 else ratio.pow(beta))
+    def criterion(a: Tensor, b: Tensor, scratch: Optional[Scratch] = None) -> Tensor:
+        iou, ratio = pair_terms(a, b, distance=True, scratch=scratch)
+        return iou.sub_(ratio if beta == 1.0 else ratio.pow_(beta))
 
     return criterion
 
@@ -70,6 +68,8 @@ def diou_nms(
     prep = prepare(boxes, scores, idxs, class_agnostic=class_agnostic)
     if prep.scores.numel() == 0:
         return empty_like_result(prep, False, boxes.device)
-    rows = padded_rows(prep)
-    kept = greedy_keep(rows, diou_criterion(beta), iou_threshold)
-    return finish(prep, rows, kept, rows.scores, max_det=max_det)
+    criterion = diou_criterion(beta)
+    parts = []
+    for rows in padded_rows(prep):
+        parts.append(rows.select(greedy_keep(rows, criterion, iou_threshold), rows.scores))
+    return finish(prep, parts, max_det=max_det)

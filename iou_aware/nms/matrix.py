@@ -9,16 +9,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._dense import (
-    check_max_det,
-    column_chunks,
-    empty_like_result,
-    finish,
-    pair_terms,
-    padded_rows,
-    prepare,
-    upper,
-)
+from ._dense import column_blocks, pair_terms, scratch_for, strict_upper
+from ._layout import Rows, check_max_det, empty_like_result, finish, padded_rows, prepare
 from ._common import check_real
 
 KERNELS = ("gaussian", "linear")
@@ -76,31 +68,40 @@ def matrix_nms(
     prep = prepare(boxes, scores, idxs, class_agnostic=class_agnostic, valid=valid, batch_ok=True)
     if prep.scores.numel() == 0:
         return empty_like_result(prep, False, boxes.device)
-    rows = padded_rows(prep)
-    chunks = column_chunks(rows)
+    parts = []
+    for rows in padded_rows(prep):
+        out_scores = rows.scores * _decay(rows, kernel, sigma)
+        parts.append(rows.select(rows.valid & (out_scores >= score_threshold), out_scores))
+    return finish(prep, parts, max_det=max_det)
 
-    def masked_iou(cols):
-        iou, _ = pair_terms(rows.boxes, rows.boxes[:, cols])
-        return iou, upper(rows, cols)
 
-    # iou_{., i}: the largest IoU of each box with a box ranked above it (0 for the top box)
-    compensate = torch.zeros_like(rows.scores)
-    for cols in chunks:
-        iou, up = masked_iou(cols)
-        compensate[:, cols] = torch.where(up, iou, torch.zeros_like(iou)).amax(1)
-    comp = compensate.unsqueeze(2)  # row i of each (R, W, Q) block
-    decay = torch.ones_like(rows.scores)
-    for cols in chunks:
-        iou, up = masked_iou(cols)
-        if kernel == "gaussian":
-            ratio = (comp.square() - iou.square()).mul_(sigma).exp_()
-        else:
-            f_comp = 1.0 - comp
-            ratio = torch.where(
-                f_comp > 0, (1.0 - iou) / torch.where(f_comp > 0, f_comp, 1.0), math.inf
-            )
-        ratio = torch.where(up, ratio, torch.full_like(ratio, math.inf))
-        decay[:, cols] = ratio.amin(1).clamp_(max=1.0)
-    out_scores = rows.scores * decay
-    out = rows.valid & (out_scores >= score_threshold)
-    return finish(prep, rows, out, out_scores, max_det=max_det)
+def _decay(rows: Rows, kernel: str, sigma: float) -> Tensor:
+    """``decay_j`` (R, W) of every box of a bucket, in one pass over blocks of columns.
+
+    A block of columns ``j`` (:func:`~._dense.column_blocks`, the rows that have boxes there)
+    needs the IoUs with the boxes ranked above, ``i < j``: the boxes above the block and the
+    strict upper triangle of its diagonal block (zeroed elsewhere). Its
+    columns' compensating IoUs ``iou_{., j}`` are their maxima; the rows' are known then, from
+    this chunk or an earlier one. A zeroed pair (IoU 0) gives a ratio of at least 1, which the
+    final clamp to 1 ignores, as it does the padding (zero boxes, IoU 0 with every box).
+    gaussian: ``min_i f(iou_ij) / f(iou_{., i}) = exp(sigma * min_i (iou_{., i}^2 - iou_ij^2))``,
+    one exponential per box (exp and the scaling by ``sigma > 0`` are monotonic)."""
+    compensate = torch.zeros_like(rows.scores)  # iou_{., i}
+    low = torch.zeros_like(rows.scores)  # min over i of the kernel's term (0 in padding)
+    with scratch_for(rows.boxes) as scratch:
+        for c0, c1, ra in column_blocks(rows):
+            iou, _ = pair_terms(rows.boxes[:ra, :c1], rows.boxes[:ra, c0:c1], scratch=scratch)
+            iou[:, c0:c1].mul_(strict_upper(c1 - c0, iou))
+            compensate[:ra, c0:c1] = iou.amax(1)
+            comp = compensate[:ra, :c1].unsqueeze(2)
+            if kernel == "gaussian":
+                term = torch.sub(comp.square(), iou.square_(), out=iou)
+            else:  # (1 - iou_ij) / f_comp, +inf for a suppressor with f_comp <= 0
+                f_comp = 1.0 - comp
+                ok = f_comp > 0
+                term = iou.neg_().add_(1.0).div_(torch.where(ok, f_comp, 1.0))
+                term.add_(torch.where(ok, 0.0, math.inf))
+            low[:ra, c0:c1] = term.amin(1)
+    if kernel == "gaussian":
+        return low.mul_(sigma).exp_().clamp_(max=1.0)
+    return low.clamp_(max=1.0)

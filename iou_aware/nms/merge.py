@@ -10,27 +10,28 @@ import torch
 from torch import Tensor
 
 from ._dense import (
-    Prepared,
-    check_max_det,
-    column_chunks,
-    empty_like_result,
-    finish,
+    column_blocks,
     greedy_keep,
     pair_terms,
-    padded_rows,
-    prepare,
-    pack,
+    scratch_for,
     weighted_mean,
     weighted_sum,
 )
+from ._layout import (
+    Prepared,
+    Rows,
+    check_max_det,
+    empty_like_result,
+    finish,
+    pack,
+    padded_rows,
+    prepare,
+)
 from ._common import check_real
+from .diou import iou_criterion
 from .standard import batched_nms
 
 WEIGHT_MODES = ("score_iou", "score")
-
-
-def _iou_criterion(a: Tensor, b: Tensor) -> Tensor:
-    return pair_terms(a, b)[0]
 
 
 def weighted_nms(
@@ -53,10 +54,11 @@ def weighted_nms(
     score-weighted mean). The kept set and the scores are exactly those of standard NMS; scores
     are expected to be >= 0 (a box whose weights sum to <= 0 keeps its coordinates).
 
-    Matrix form: the kept set by greedy NMS on the padded per-class IoU matrix (the same decisions
-    as torchvision's kernel), then each removed box's suppressor, the first kept box ranked above
-    it that overlaps it above the threshold (in the greedy loop the first such box removes it),
-    and one scatter-add of the weighted boxes per column block. ``class_agnostic``, ``max_det``
+    Matrix form: the kept set by block-wise greedy NMS on the padded per-class IoU matrix
+    (``_dense.greedy_keep``, the same decisions as torchvision's kernel), which also gives each
+    removed box's suppressor, the first kept box ranked above it that overlaps it above the
+    threshold (in the greedy loop the first such box removes it), then one scatter-add of the
+    weighted boxes. ``class_agnostic``, ``max_det``
     and a padded batch (``boxes`` (B, N, 4), ``valid`` (B, N)) as in
     :func:`~iou_aware.nms.cluster.cluster_nms`. Returns ``(keep, scores[keep], merged boxes)``,
     sorted by score (ties by index).
@@ -68,49 +70,52 @@ def weighted_nms(
     prep = prepare(boxes, scores, idxs, class_agnostic=class_agnostic, valid=valid, batch_ok=True)
     if prep.scores.numel() == 0:
         return empty_like_result(prep, True, boxes.device)
-    rows = padded_rows(prep)
-    kept = greedy_keep(rows, _iou_criterion, iou_threshold)
-    packed = pack(rows, kept)  # the kept boxes, in rank order
-    num = packed.boxes.new_zeros(packed.boxes.shape)
-    den = packed.boxes.new_zeros(packed.valid.shape)
-    for cols in column_chunks(rows):
-        iou, _ = pair_terms(packed.boxes, rows.boxes[:, cols])
-        j = torch.arange(cols.start, cols.stop, device=iou.device).view(1, 1, -1)
-        above = (packed.rank.unsqueeze(2) < j) & rows.valid[:, cols].unsqueeze(1)
-        by_kept = (iou > iou_threshold) & above & packed.valid.unsqueeze(2)  # (R, K, Q)
-        removed = by_kept.any(1)
-        first = by_kept.to(torch.uint8).argmax(1)  # the first kept box above that overlaps
-        w = rows.scores[:, cols]
-        if mode == "score_iou":
-            w = w * iou.gather(1, first.unsqueeze(1)).squeeze(1)
-        w = torch.where(removed, w, torch.zeros_like(w))
-        num.scatter_add_(
-            1, first.unsqueeze(2).expand(-1, -1, 4), w.unsqueeze(2) * rows.boxes[:, cols]
-        )
-        den.scatter_add_(1, first, w)
-    merged = weighted_mean(num, den, packed.boxes, packed.scores, packed.valid)
-    merged = packed.unpack(merged, rows.boxes)
-    return finish(prep, rows, kept, rows.scores, merged, max_det=max_det)
+    parts = []
+    for rows in padded_rows(prep):
+        kept, by = greedy_keep(rows, iou_criterion, iou_threshold, suppressors=True)
+        parts.append(rows.select(kept, rows.scores, _merged(rows, kept, by, mode)))
+    return finish(prep, parts, max_det=max_det)
+
+
+def _merged(rows: Rows, kept: Tensor, by: Tensor, mode: str) -> Tensor:
+    """The kept boxes of a bucket merged with the boxes they remove (``by``: the layout column of
+    each removed box's suppressor, from :func:`~._dense.greedy_keep`) -> (R, W, 4)."""
+    r, w = rows.pos.shape
+    removed = rows.valid & ~kept
+    weight = torch.where(removed, rows.scores, 0.0)
+    if mode == "score_iou":  # IoU of each removed box with its suppressor, as in the greedy loop
+        sup = rows.boxes.gather(1, by.unsqueeze(2).expand(-1, -1, 4))
+        iou, _ = pair_terms(sup.reshape(-1, 1, 4), rows.boxes.reshape(-1, 1, 4))
+        weight = weight * iou.view(r, w)
+    num = torch.zeros_like(rows.boxes).scatter_add_(
+        1, by.unsqueeze(2).expand(-1, -1, 4), weight.unsqueeze(2) * rows.boxes
+    )
+    den = torch.zeros_like(rows.scores).scatter_add_(1, by, weight)
+    return weighted_mean(num, den, rows.boxes, rows.scores, kept)
 
 
 def _voted_boxes(prep: Prepared, keep: Tensor, sigma: float) -> Tensor:
     """Score voting of the boxes ``keep`` (indices into ``prep``'s boxes) -> (K, 4)."""
-    rows = padded_rows(prep)
     is_kept = torch.zeros(prep.scores.shape[0], dtype=torch.bool, device=keep.device)
     is_kept[keep] = True
-    kept = pack(rows, is_kept[rows.pos.clamp(min=0)] & rows.valid)  # only the kept boxes vote
-    num = kept.boxes.new_zeros(kept.boxes.shape)
-    den = kept.boxes.new_zeros(kept.valid.shape)
-    for cols in column_chunks(rows):
-        iou, _ = pair_terms(kept.boxes, rows.boxes[:, cols])
-        p = (1.0 - iou).square_().mul_(-1.0 / sigma).exp_()
-        near = (iou > 0) & rows.valid[:, cols].unsqueeze(1) & kept.valid.unsqueeze(2)
-        weight = torch.where(near, p * rows.scores[:, cols].unsqueeze(1), torch.zeros_like(p))
-        num += weighted_sum(weight, rows.boxes[:, cols])
-        den += weight.sum(2)
-    voted = weighted_mean(num, den, kept.boxes, torch.zeros_like(den), kept.valid)
     full = torch.zeros_like(prep.boxes)
-    full[rows.pos[kept.row, kept.col]] = voted[kept.row, kept.slot]
+    for rows in padded_rows(prep):
+        voters = pack(rows, is_kept[rows.pos.clamp(min=0)] & rows.valid)  # only the kept boxes
+        num = torch.zeros_like(voters.boxes)
+        den = torch.zeros_like(voters.scores)
+        with scratch_for(rows.boxes) as scratch:
+            for c0, c1, ra in column_blocks(rows, depth=voters.rank.shape[1]):
+                cols = (slice(0, ra), slice(c0, c1))
+                iou, _ = pair_terms(voters.boxes[:ra], rows.boxes[cols], scratch=scratch)
+                # IoU > 0 (0 for padding, on either side: zero boxes overlap nothing)
+                near = torch.gt(iou, 0.0, out=scratch("t1", iou.shape))
+                # exp(-(1 - IoU)^2 / sigma); 1 - IoU as -IoU + 1 (the same value), in place
+                weight = iou.neg_().add_(1.0).square_().mul_(-1.0 / sigma).exp_().mul_(near)
+                weight.mul_(rows.scores[cols].unsqueeze(1))
+                num[:ra] += weighted_sum(weight, rows.boxes[cols], near)
+                den[:ra] += weight.sum(2)
+        voted = weighted_mean(num, den, voters.boxes, torch.zeros_like(den), voters.valid)
+        full[rows.pos[voters.row, voters.col]] = voted[voters.row, voters.slot]
     return full.index_select(0, keep)
 
 

@@ -9,7 +9,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ._dense import check_finite
+from ._layout import check_finite
 from ._common import check_real
 
 CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
