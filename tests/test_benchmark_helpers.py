@@ -100,3 +100,16 @@ def test_median_and_quartiles():
     assert timing.quartiles([1.0, 2.0]) == (1.25, 1.75)
     assert timing.quartiles([0.5]) == (0.5, 0.5)
     assert all(math.isnan(q) for q in timing.quartiles([]))
+
+
+def test_soft_nms_benchmark_runs_and_compares_with_the_loop(capsys):
+    from conftest import load_tool
+
+    rows = load_tool("benchmark_soft_nms").main(["--sizes", "120", "--classes", "3", "--rounds", "1"])
+    assert len(rows) == 2  # gaussian, linear
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[:2] == ["120", "3"] and cells[2] in ("gaussian", "linear")
+        assert float(cells[3]) > 0 and float(cells[4]) > 0
+        assert cells[6] == "yes"  # the same keep list as the per-class loop
+    assert "speed-up" in capsys.readouterr().out
