@@ -552,6 +552,16 @@ ALL = [
 
 
 @pytest.mark.parametrize("name,fn", ALL)
+def test_inputs_that_require_grad(name, fn):
+    # detector outputs taken outside torch.no_grad(): the same result, no graph kept
+    boxes, scores, idxs = grid_boxes(11, n=80, dtype=torch.float32)
+    ref = fn(boxes, scores, idxs)
+    got = fn(boxes.clone().requires_grad_(), scores.clone().requires_grad_(), idxs)
+    for a, b in zip(got, ref):
+        assert torch.equal(a, b) and not a.requires_grad
+
+
+@pytest.mark.parametrize("name,fn", ALL)
 def test_dtypes(name, fn):
     boxes, scores, idxs = grid_boxes(9, n=60, dtype=torch.float64)
     ref = fn(boxes.float(), scores.float(), idxs)

@@ -127,7 +127,9 @@ def prepare(
         cls = flat_idxs.long()
         cls = cls - cls.min()
         key = image * (cls.max() + 1) + cls
-    return Prepared(flat_boxes.to(dtype), flat_scores.to(dtype), key, image, index, batch, dtype)
+    # inference only: the pairwise passes write into reused buffers (out=), which autograd refuses
+    boxes_c, scores_c = flat_boxes.detach().to(dtype), flat_scores.detach().to(dtype)
+    return Prepared(boxes_c, scores_c, key, image, index, batch, dtype)
 
 
 def planar_zeros(r: int, w: int, like: Tensor) -> Tensor:
