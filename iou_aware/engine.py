@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.engine import defaults as d2_defaults
+from detectron2.engine import hooks as d2_hooks
 from detectron2.engine.launch import DEFAULT_TIMEOUT, _find_free_port
 from detectron2.engine.launch import launch as d2_launch
 from detectron2.utils import comm
@@ -88,6 +89,12 @@ class Trainer(DefaultTrainer):
         if self.cfg.SOLVER.DIVERGENCE_GUARD.ENABLED:
             # first: its after_step runs before the periodic checkpointer's of the same iteration
             hooks.insert(0, DivergenceGuard.from_config(self.cfg))
+        if self.cfg.TEST.AUG.ENABLED:
+            # after training, evaluate with test-time augmentation too; before the writers, so
+            # that its results (bbox_TTA/...) reach metrics.json
+            tta = d2_hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model))
+            writer = next((i for i, h in enumerate(hooks) if isinstance(h, d2_hooks.PeriodicWriter)), len(hooks))
+            hooks.insert(writer, tta)
         return hooks
 
     def train(self):

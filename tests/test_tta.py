@@ -7,6 +7,7 @@ augmented image it is given, and the expectation is computed by hand or by the l
 """
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -269,6 +270,9 @@ def test_train_net_evaluates_with_tta(tiny_synthetic_opts, tmp_path):
     # after training: the plain evaluation and the one with TTA (EvalHook(0, test_with_TTA))
     for folder in ("inference", "inference_TTA"):
         assert (run / folder / "synthetic_shapes_val" / "coco_instances_results.json").is_file(), folder
+    with open(run / "metrics.json") as f:
+        last = [json.loads(line) for line in f][-1]
+    assert "bbox/AP" in last and "bbox_TTA/AP" in last  # both evaluations reach the writers
 
     train_net = load_tool("train_net")
     args = train_net.get_parser().parse_args(

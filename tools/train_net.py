@@ -23,7 +23,7 @@ with ``error: ...`` and exit code 2.
 import contextlib
 import sys
 
-from detectron2.engine import default_argument_parser, hooks
+from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
@@ -67,9 +67,7 @@ def main(args):
     trainer = Trainer(cfg)
     with clean_errors():
         trainer.resume_or_load(resume=args.resume)
-    if cfg.TEST.AUG.ENABLED:
-        trainer.register_hooks([hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))])
-    return trainer.train()
+    return trainer.train()  # with TEST.AUG.ENABLED, Trainer's hooks also evaluate with TTA
 
 
 if __name__ == "__main__":
