@@ -20,7 +20,6 @@ from detectron2.structures import Boxes, Instances
 from torch import nn
 
 from conftest import REPO, load_tool
-from iou_aware.engine import setup_cfg
 from iou_aware.modeling import IoUAwareTTA
 from iou_aware.nms import NMS_REGISTRY, weighted_boxes_fusion, weighted_nms
 from test_modeling import RCNN, RETINANET, build, fake_batch, make_cfg
