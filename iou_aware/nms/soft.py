@@ -128,12 +128,14 @@ def soft_nms(
     if rows * width * width <= _SOFT_NMS_DENSE_ELEMENTS:
         M = weights_of(B, A)
 
-    if device.type in _SYNC_FREE_DEVICES:
-        def multipliers(cols: Tensor) -> Tensor:
-            if M is not None:
-                return M.gather(1, cols.unsqueeze(2).expand(-1, -1, width)).squeeze(1)
-            return weights_of(B.gather(2, cols.unsqueeze(0).expand(4, -1, -1)), A.gather(1, cols)).squeeze(1)
+    def multipliers(cols: Tensor) -> Tensor:
+        """(rows, width): the decay that the pick ``cols`` (rows, 1) of each class applies to its
+        row (reads the current layout: M, B, A and width change with compaction)."""
+        if M is not None:
+            return M.gather(1, cols.unsqueeze(2).expand(-1, -1, width)).squeeze(1)
+        return weights_of(B.gather(2, cols.unsqueeze(0).expand(4, -1, -1)), A.gather(1, cols)).squeeze(1)
 
+    if device.type in _SYNC_FREE_DEVICES:
         return _steps_without_sync(S, index, multipliers, score_threshold)
 
     out_index: List[Tensor] = []
@@ -188,11 +190,7 @@ def soft_nms(
 
         # decay every box of the class by the accepted picks, then retire the picks
         if kk == 1:  # a class without a pick has no live box left: its multipliers do not matter
-            if M is not None:
-                w = M.gather(1, cols.unsqueeze(2).expand(-1, -1, width))
-            else:
-                w = weights_of(B.gather(2, cols.unsqueeze(0).expand(4, -1, -1)), A.gather(1, cols))
-            S.mul_(w.squeeze(1))
+            S.mul_(multipliers(cols))
             S.scatter_(1, cols, -math.inf)
         else:
             pick_row, pick_slot = torch.nonzero(accept, as_tuple=True)
