@@ -24,7 +24,7 @@ for path in (REPO, os.path.join(REPO, "tests"), os.path.join(REPO, "benchmarks")
 
 from benchmark_nms import make_detections  # noqa: E402
 from test_nms import reference_soft_nms  # noqa: E402
-from timing import clock_for, interleaved_rounds, median, pinned_threads  # noqa: E402
+from timing import clock_for, interleaved_rounds, median, pinned_threads, time_call  # noqa: E402
 
 from iou_aware.nms import soft_nms  # noqa: E402
 
@@ -49,15 +49,15 @@ def main(argv=None):
                         "loop": lambda: reference_soft_nms(boxes, scores, idxs, SIGMA, NT, method, SCORE_THRESH),
                     }
 
+                    outputs = {}
+
                     def run(name):
-                        start = timer()
-                        calls[name]()
-                        return timer() - start
+                        elapsed, outputs[name] = time_call(calls[name], (), "cpu", timer)
+                        return elapsed
 
                     times = interleaved_rounds(run, calls, args.rounds, warmup=1)
                     ratios = [loop / ours for loop, ours in zip(times["loop"], times["ours"])]
-                    same = soft_nms(boxes, scores, idxs, SIGMA, NT, method, SCORE_THRESH)[0].tolist() == \
-                        reference_soft_nms(boxes, scores, idxs, SIGMA, NT, method, SCORE_THRESH)[0]
+                    same = outputs["ours"][0].tolist() == outputs["loop"][0]
                     rows.append(f"| {n} | {classes} | {method} | {median(times['ours']) * 1e3:.1f} | "
                                 f"{median(times['loop']) * 1e3:.1f} | {median(times['loop']) / median(times['ours']):.1f}x "
                                 f"({min(ratios):.1f}-{max(ratios):.1f}) | {'yes' if same else 'no'} |")
