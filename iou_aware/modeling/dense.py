@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from detectron2.layers import cat
 from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import get_event_storage
 
 from .common import IoUAwareMixin
 from .postprocess import run_nms
@@ -23,6 +24,17 @@ class DenseIoUAwareMixin(IoUAwareMixin):
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
         return self.iou_aware_losses(anchors, gt_labels, gt_boxes, *preds)
+
+    def labelled_positives(self, gt_labels: List[torch.Tensor], initial_normalizer: float):
+        """The anchor labels stacked ``(N, R)``, the mask of the positives and the loss normalizer:
+        the positive count (logged per image as ``num_pos_anchors``) through the detector's moving
+        average, started at ``initial_normalizer`` (Detectron2's RetinaNet: 100, FCOS: 300)."""
+        num_images = len(gt_labels)
+        gt_labels = torch.stack(gt_labels)
+        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
+        num_pos = pos_mask.sum().item()
+        get_event_storage().put_scalar("num_pos_anchors", num_pos / num_images)
+        return gt_labels, pos_mask, self._ema_update("loss_normalizer", max(num_pos, 1), initial_normalizer)
 
 
 def positive_box_losses(box_loss, anchors: List[Boxes], pred_deltas: List[torch.Tensor],

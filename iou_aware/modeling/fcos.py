@@ -25,7 +25,6 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from detectron2.modeling.box_regression import Box2BoxTransformLinear
 from detectron2.modeling.meta_arch.fcos import FCOS, FCOSHead
-from detectron2.utils.events import get_event_storage
 
 from ..losses import iou_kl_loss
 from .cls_losses import dense_cls_and_box_losses
@@ -185,12 +184,7 @@ class IoUAwareFCOS(DenseIoUAwareMixin, FCOS):
         runs over every anchor point (FCOS ignores none). The quality loss (BCE or Peng & Yu's KL,
         eq. 31-32) is summed over the positives and normalized like the others, as stock FCOS does.
         """
-        num_images = len(gt_labels)
-        gt_labels = torch.stack(gt_labels)  # (N, R)
-        pos_mask = (gt_labels >= 0) & (gt_labels != self.num_classes)
-        num_pos = pos_mask.sum().item()
-        get_event_storage().put_scalar("num_pos_anchors", num_pos / num_images)
-        normalizer = self._ema_update("loss_normalizer", max(num_pos, 1), 300)
+        gt_labels, pos_mask, normalizer = self.labelled_positives(gt_labels, 300)  # (N, R)
 
         logits = cat(pred_logits, dim=1)  # (N, R, K)
         loc, ious = positive_box_losses(self.box_loss, anchors, pred_deltas, gt_boxes, pos_mask)

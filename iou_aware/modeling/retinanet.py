@@ -12,7 +12,6 @@ from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from detectron2.modeling.meta_arch.retinanet import RetinaNetHead
-from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from ..losses import iou_kl_loss
@@ -80,13 +79,8 @@ class IoUAwareRetinaNet(DenseIoUAwareMixin, RetinaNet):
         ``RetinaNet.losses``; CLS_LOSS "quality_focal" / "varifocal" replace the focal loss over
         the same (not ignored) anchors.
         """
-        num_images = len(gt_labels)
-        gt_labels = torch.stack(gt_labels)  # (N, R)
+        gt_labels, pos_mask, normalizer = self.labelled_positives(gt_labels, 100)  # (N, R)
         valid_mask = gt_labels >= 0
-        pos_mask = valid_mask & (gt_labels != self.num_classes)
-        num_pos = pos_mask.sum().item()
-        get_event_storage().put_scalar("num_pos_anchors", num_pos / num_images)
-        normalizer = self._ema_update("loss_normalizer", max(num_pos, 1), 100)
 
         logits = cat(pred_logits, dim=1)  # (N, R, K)
         loc, ious = positive_box_losses(self.box_loss, anchors, pred_deltas, gt_boxes, pos_mask)
