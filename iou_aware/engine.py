@@ -16,7 +16,6 @@ import torch
 import yacs.config
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.nn.parallel import DistributedDataParallel
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.engine import defaults as d2_defaults
@@ -130,9 +129,7 @@ class Trainer(DefaultTrainer):
         """Evaluate ``model`` with test-time augmentation (``IoUAwareTTA``: ``TEST.AUG.*``) on every
         ``DATASETS.TEST`` dataset, written under ``OUTPUT_DIR/inference_TTA/<dataset>``; the
         results of :meth:`test` with each key suffixed ``_TTA`` (e.g. ``bbox_TTA``)."""
-        if isinstance(model, DistributedDataParallel):
-            model = model.module
-        tta_model = IoUAwareTTA(cfg, model)
+        tta_model = IoUAwareTTA(cfg, model)  # unwraps DistributedDataParallel
         logger.info("Running inference with test-time augmentation (sizes %s, flip %s, merged by %r) ...",
                     tuple(cfg.TEST.AUG.MIN_SIZES), cfg.TEST.AUG.FLIP, tta_model.merge_type)
         evaluators = [
@@ -253,7 +250,8 @@ def _whole_numbers_for_float_keys():
 def setup_cfg(config_file="", opts=(), args=None, coco_files=()):
     """Build a frozen config: Detectron2's defaults + ``add_iou_aware_config`` + file + opts.
 
-    A whole number is accepted for a float key (``MODEL.IOU_AWARE.HIOU.GAMMA 1``). ``coco_files``
+    A whole number is accepted for a float key (``MODEL.IOU_AWARE.HIOU.GAMMA 1``), and so is a number
+    that PyYAML reads as a string (``BASE_LR: 1e-3``). ``coco_files``
     (``--dataset NAME=JSON:IMAGE_ROOT``) are appended to ``DATASETS.COCO_FILES``. Raises
     ValueError when ``MODEL.IOU_AWARE`` keys are set for a model that does not use them, or when
     ``TEST.AUG.MERGE_TYPE`` is not valid (``validate_tta_config``).
